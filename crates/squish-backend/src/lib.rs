@@ -1,0 +1,24 @@
+//! The compute device and the few LLM ops a decoder needs, over candle. Every device variant
+//! always exists; a device this binary was not built for is a clear error at open time, so
+//! callers carry no `cfg`. Knows nothing of model files or architectures.
+
+mod device;
+mod ops;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use device::{built_with, configure_threads, open_device, DeviceRequest};
+pub use ops::{causal_attention, rms_norm, Rope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("this squish was built without {0} support (rebuild with `--features {0}`)")]
+    NotBuilt(&'static str),
+    #[error("invalid device `{0}`: expected auto, cpu, cuda, cuda:N, metal or metal:N")]
+    BadDevice(String),
+    #[error("cannot open {what}: {source}")]
+    Open { what: String, source: candle_core::Error },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;

@@ -1,0 +1,74 @@
+//! The decoder's ops that are more than one candle call: RMS norm, rotary embeddings, and
+//! causal grouped-query attention.
+
+use crate::Result;
+use candle_core::{DType, Device, Tensor};
+
+/// x: (..., dim), weight: (dim)
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?)
+}
+
+/// Rotary position embeddings in the Hugging Face (rotate-half) layout, precomputed for every
+/// position up to the context size.
+pub struct Rope {
+    cos: Tensor, // (max_pos, head_dim / 2)
+    sin: Tensor,
+}
+
+impl Rope {
+    /// `inv_freq` has head_dim / 2 entries (already scaled for rope-scaling schemes).
+    pub fn new(inv_freq: &[f32], max_pos: usize, device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let inv = Tensor::from_slice(inv_freq, (1, half), device)?;
+        let pos = Tensor::arange(0u32, max_pos as u32, device)?.to_dtype(DType::F32)?.reshape((max_pos, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?; // (max_pos, half)
+        Ok(Self { cos: freqs.cos()?, sin: freqs.sin()? })
+    }
+
+    /// x: (batch, heads, seq, head_dim), positions start..start+seq
+    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let seq = x.dim(2)?;
+        let cos = self.cos.narrow(0, start, seq)?;
+        let sin = self.sin.narrow(0, start, seq)?;
+        Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+    }
+}
+
+/// Causal attention for queries at positions `start..start+q_len` over keys `0..kv_len`
+/// (kv_len = start + q_len), with grouped-query heads: query heads are grouped by the kv head
+/// they share, so keys and values are never copied per query head.
+///
+/// q: (1, heads, q_len, d), k and v: (1, kv_heads, kv_len, d) -> (1, q_len, heads * d)
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    let (b, heads, q_len, d) = q.dims4()?;
+    let (_, kv_heads, kv_len, _) = k.dims4()?;
+    let group = heads / kv_heads;
+    // (b, kv_heads, group * q_len, d): rows are (query head in group, position)
+    let q = q.reshape((b, kv_heads, group * q_len, d))?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?; // (b, kv_heads, group * q_len, kv_len)
+    let scores = if q_len > 1 {
+        let mask = causal_mask(q_len, kv_len, start, q.device())?; // (q_len, kv_len)
+        scores.reshape((b, kv_heads, group, q_len, kv_len))?.broadcast_add(&mask)?.reshape((
+            b,
+            kv_heads,
+            group * q_len,
+            kv_len,
+        ))?
+    } else {
+        scores
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(v)?; // (b, kv_heads, group * q_len, d)
+    let out = out.reshape((b, heads, q_len, d))?.transpose(1, 2)?; // (b, q_len, heads, d)
+    Ok(out.reshape((b, q_len, heads * d))?)
+}
+
+/// 0 where query i (at absolute position start + i) may see key j, -inf elsewhere.
+fn causal_mask(q_len: usize, kv_len: usize, start: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..q_len)
+        .flat_map(|i| (0..kv_len).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (q_len, kv_len), device)?)
+}

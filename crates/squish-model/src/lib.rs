@@ -1,0 +1,84 @@
+//! A runnable language model: its config, the one decoder, its tokenizer and chat template,
+//! and the sampler. Loads from anything squish-format opens. Knows nothing of HTTP or CLIs.
+
+mod chat_template;
+mod config;
+mod decoder;
+mod error;
+mod gguf_tokenizer;
+mod kv_cache;
+mod sampler;
+mod tokenizer;
+mod weights;
+
+pub use chat_template::{ChatTemplate, Message};
+pub use config::{Arch, ModelConfig, RopeScaling};
+pub use decoder::Decoder;
+pub use error::ModelError;
+pub use kv_cache::KvCache;
+pub use sampler::{argmax, Sampler, SamplingParams};
+pub use tokenizer::{TextStream, Tokenizer};
+
+use candle_core::Device;
+use squish_format::ModelFiles;
+use std::path::{Path, PathBuf};
+
+/// Context size when the user does not choose one: enough for long chats, small enough that
+/// the KV cache of a 7B model fits in a laptop's memory.
+pub const DEFAULT_CTX: usize = 4096;
+
+pub struct Model {
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+    ctx: usize,
+}
+
+impl Model {
+    /// Loads a Hugging Face directory or a GGUF file onto `device`. `ctx` is the context size
+    /// (default: the model's own, at most DEFAULT_CTX).
+    pub fn load(path: &Path, device: &Device, ctx: Option<usize>) -> Result<Self, ModelError> {
+        let files = ModelFiles::open(path)?;
+        let (config, tokenizer) = match &files {
+            ModelFiles::HfDir(dir) => {
+                let config = ModelConfig::from_hf(&dir.read_json("config.json")?, &dir.root().join("config.json"))?;
+                let tok = Tokenizer::from_hf_dir(dir, &config.eos, config.bos)?;
+                (config, tok)
+            }
+            ModelFiles::Gguf(g) => {
+                let config = ModelConfig::from_gguf(g)?;
+                let tok = gguf_tokenizer::tokenizer_from_gguf(g, &config.eos)?;
+                (config, tok)
+            }
+        };
+        let ctx = match ctx {
+            Some(c) if c > config.max_pos => {
+                return Err(ModelError::unsupported(
+                    path,
+                    format!("--ctx {c} exceeds the model's context of {} tokens", config.max_pos),
+                ))
+            }
+            Some(c) => c.max(1),
+            None => config.max_pos.min(DEFAULT_CTX),
+        };
+        let weights = weights::Weights::new(&files, &config, device);
+        let decoder = Decoder::load(&config, &weights, ctx, device)?;
+        Ok(Self { decoder, tokenizer, path: path.to_path_buf(), ctx })
+    }
+
+    /// The most tokens (prompt and output) one sequence may hold.
+    pub fn context_size(&self) -> usize {
+        self.ctx
+    }
+
+    pub fn new_cache(&self) -> Result<KvCache, ModelError> {
+        self.decoder.new_cache(self.ctx)
+    }
+
+    /// The chat template, if the model has one.
+    pub fn chat_template(&self) -> Option<ChatTemplate> {
+        let tok = &self.tokenizer;
+        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
+        tok.chat_template().map(|src| ChatTemplate::new(src, &text(tok.bos()), &text(tok.eos().first().copied())))
+    }
+}

@@ -1,0 +1,132 @@
+//! Where the decoder's tensors come from: Hugging Face names are canonical; GGUF names are
+//! mapped to them, and llama.cpp's row permutation of Q and K (done for its interleaved RoPE)
+//! is undone so one rotate-half RoPE serves both sources.
+
+use crate::config::{Arch, ModelConfig};
+use crate::ModelError;
+use candle_core::{DType, Device, Tensor};
+use squish_format::ModelFiles;
+
+pub struct Weights<'a> {
+    files: &'a ModelFiles,
+    device: &'a Device,
+    cfg: &'a ModelConfig,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(files: &'a ModelFiles, cfg: &'a ModelConfig, device: &'a Device) -> Self {
+        Self { files, device, cfg }
+    }
+
+    pub fn has(&self, hf_name: &str) -> bool {
+        match self.files {
+            ModelFiles::HfDir(d) => d.has_tensor(hf_name),
+            ModelFiles::Gguf(g) => g.has_tensor(&gguf_name(hf_name)),
+        }
+    }
+
+    /// The tensor under its Hugging Face name, as f32, with the expected shape.
+    pub fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let t = match self.files {
+            ModelFiles::HfDir(d) => d.tensor(hf_name, DType::F32, self.device)?,
+            ModelFiles::Gguf(g) => {
+                let t = g.tensor(&gguf_name(hf_name), DType::F32, self.device)?;
+                if self.unpermute_needed(hf_name) {
+                    let heads = if hf_name.contains("q_proj") { self.cfg.heads } else { self.cfg.kv_heads };
+                    unpermute_rows(&t, heads)?
+                } else {
+                    t
+                }
+            }
+        };
+        if t.dims() != shape {
+            return Err(ModelError::unsupported(
+                self.files.path(),
+                format!("tensor `{hf_name}` has shape {:?}, expected {shape:?} from the config", t.dims()),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// An optional tensor: None when absent.
+    pub fn maybe(&self, hf_name: &str, shape: &[usize]) -> Result<Option<Tensor>, ModelError> {
+        if self.has(hf_name) {
+            self.get(hf_name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn unpermute_needed(&self, hf_name: &str) -> bool {
+        matches!(self.cfg.arch, Arch::Llama | Arch::Mistral)
+            && (hf_name.contains("self_attn.q_proj.") || hf_name.contains("self_attn.k_proj."))
+    }
+}
+
+/// Undoes llama.cpp's `permute`: its rows are (head, half-pair, 2); ours are (head, 2, half).
+/// w: (heads * head_dim, ...) or a bias of heads * head_dim
+fn unpermute_rows(w: &Tensor, heads: usize) -> Result<Tensor, ModelError> {
+    let dims = w.dims().to_vec();
+    let rest: usize = dims[1..].iter().product();
+    let half = dims[0] / heads / 2;
+    let t = w.reshape((heads, half, 2, rest))?.transpose(1, 2)?.contiguous()?;
+    Ok(t.reshape(dims)?)
+}
+
+/// GGUF's name for a Hugging Face tensor name.
+fn gguf_name(hf: &str) -> String {
+    const TOP: [(&str, &str); 3] =
+        [("model.embed_tokens.", "token_embd."), ("model.norm.", "output_norm."), ("lm_head.", "output.")];
+    for (from, to) in TOP {
+        if let Some(rest) = hf.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    const LAYER: [(&str, &str); 11] = [
+        ("self_attn.q_proj.", "attn_q."),
+        ("self_attn.k_proj.", "attn_k."),
+        ("self_attn.v_proj.", "attn_v."),
+        ("self_attn.o_proj.", "attn_output."),
+        ("self_attn.q_norm.", "attn_q_norm."),
+        ("self_attn.k_norm.", "attn_k_norm."),
+        ("mlp.gate_proj.", "ffn_gate."),
+        ("mlp.up_proj.", "ffn_up."),
+        ("mlp.down_proj.", "ffn_down."),
+        ("input_layernorm.", "attn_norm."),
+        ("post_attention_layernorm.", "ffn_norm."),
+    ];
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        if let Some((idx, part)) = rest.split_once('.') {
+            for (from, to) in LAYER {
+                if let Some(tail) = part.strip_prefix(from) {
+                    return format!("blk.{idx}.{to}{tail}");
+                }
+            }
+        }
+    }
+    hf.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_hf_names_to_gguf() {
+        assert_eq!(gguf_name("model.embed_tokens.weight"), "token_embd.weight");
+        assert_eq!(gguf_name("model.layers.12.self_attn.q_proj.bias"), "blk.12.attn_q.bias");
+        assert_eq!(gguf_name("model.layers.0.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight");
+        assert_eq!(gguf_name("lm_head.weight"), "output.weight");
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(heads, 2, half, rest).swapaxes(1, 2)
+        let heads = 2;
+        let w = Tensor::arange(0f32, 16.0, &Device::Cpu).unwrap().reshape((8, 2)).unwrap();
+        let permuted = w.reshape((heads, 2, 2, 2)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let permuted = permuted.reshape((8, 2)).unwrap();
+        let back = unpermute_rows(&permuted, heads).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+    }
+}

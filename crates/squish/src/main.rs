@@ -1,0 +1,45 @@
+//! The `squish` binary: a thin clap tree over the library crates, one file per subcommand.
+//! Errors reach the user as one line on stderr and exit code 2; never a panic or backtrace.
+
+mod default_model;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "squish", version, about = "Compress, run and serve LLMs on CPU and GPU", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, or chat in the terminal
+    Run(run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(2);
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause that the message already
+/// contains.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line.replace('\n', " ")
+}
