@@ -1,0 +1,52 @@
+//! Shared by the CLI tests: the built binary, the cached real model, and scratch dirs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn squish() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_squish"));
+    c.env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+/// The real SmolLM2 GGUF, fetched once by scripts/fetch-models.sh and shared by every test.
+pub fn smollm2() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let cache = std::env::var_os("SQUISH_CACHE").map(PathBuf::from).unwrap_or(home.join(".cache/squish"));
+    let p = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+/// The committed tiny models made by tests/fixtures/make_tiny_models.py.
+pub fn tiny(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name)
+}
+
+/// A fresh empty directory under the target dir, named after the test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts the run failed the way squish promises: exit 2, one line on stderr naming `needle`.
+pub fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "exit code; stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
