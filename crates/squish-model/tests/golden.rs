@@ -2,7 +2,7 @@
 //! Hugging Face transformers (tests/fixtures/make_tiny_models.py); squish's one decoder must
 //! reproduce every position's logits and the KV-cached greedy continuation.
 //!
-//! Tolerance: max |logit difference| <= 1e-3 (f32 compute on both sides; the weights are the
+//! Tolerance: max |logit difference| <= 1e-4 (measured: under 1e-5) (f32 compute on both sides; the weights are the
 //! same f32 values, or the same f16/bf16 values upcast exactly).
 
 use candle_core::Device;
@@ -10,7 +10,7 @@ use serde_json::Value;
 use squish_model::{argmax, Model};
 use std::path::PathBuf;
 
-const TOLERANCE: f32 = 1e-3;
+const TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> (Model, Value) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name);

@@ -7,7 +7,7 @@ use clap::Args;
 use squish_backend::DeviceRequest;
 use squish_engine::{FinishReason, Generation, Session};
 use squish_model::{Message, Model, SamplingParams};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -140,9 +140,12 @@ impl Chat<'_> {
         let mode = if self.raw { "completion mode: each line is a prompt" } else { "chat" };
         eprintln!("{mode}; /exit or Ctrl-D to leave, Ctrl-C stops an answer");
         let stdin = std::io::stdin();
+        let show_prompt = stdin.is_terminal();
         let mut line = String::new();
         loop {
-            eprint!("> ");
+            if show_prompt {
+                eprint!("> ");
+            }
             line.clear();
             if stdin.lock().read_line(&mut line)? == 0 {
                 eprintln!();
