@@ -19,6 +19,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+const TYPE_UNKNOWN: i64 = 2;
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
 
@@ -89,12 +90,12 @@ pub fn tokenizer_from_gguf(g: &GgufFile, eos: &[u32]) -> Result<Tokenizer, Model
         other => return Err(bad(format!("unsupported tokenizer model `{other}` (supported: gpt2, llama)"))),
     };
 
-    // Control and user-defined tokens are matched whole in the text, never split into pieces.
+    // Unknown, control and user-defined tokens are matched whole in the text, never split.
     let special: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
-        .filter(|(_, &ty)| ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED)
-        .map(|(t, &ty)| AddedToken::from(t.clone(), ty == TYPE_CONTROL))
+        .filter(|(_, &ty)| matches!(ty, TYPE_UNKNOWN | TYPE_CONTROL | TYPE_USER_DEFINED))
+        .map(|(t, &ty)| AddedToken::from(t.clone(), ty != TYPE_USER_DEFINED))
         .collect();
     inner.add_special_tokens(special).map_err(|e| bad(format!("invalid special tokens: {e}")))?;
 
