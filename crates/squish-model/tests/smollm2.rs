@@ -89,3 +89,20 @@ fn special_tokens_come_from_the_gguf() {
     assert!(m.tokenizer.eos().contains(&(r["eos"]["id"].as_u64().unwrap() as u32)));
     assert_eq!(m.tokenizer.chat_template(), r["chat_template"].as_str());
 }
+
+#[test]
+fn streamed_text_never_splits_a_character() {
+    let tok = &model().tokenizer;
+    let text = "Emoji 👍🏽 and 👨‍👩‍👧, 中文 and 日本語, café, naïve — done.";
+    let ids = tok.encode(text, false).unwrap();
+    let mut stream = squish_model::TextStream::new(tok);
+    let mut pieces = Vec::new();
+    for &id in &ids {
+        pieces.extend(stream.push(id).unwrap());
+    }
+    pieces.extend(stream.finish().unwrap());
+    assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    assert_eq!(pieces.concat(), text);
+    // Multi-byte characters span several byte-level tokens, so some pushes yield nothing.
+    assert!(pieces.len() < ids.len());
+}

@@ -91,3 +91,31 @@ fn raw_is_used_when_there_is_no_template() {
     let n: usize = line["prompt: ".len()..].split(' ').next().unwrap().parse().unwrap();
     assert!(n <= 6, "{line}");
 }
+
+#[test]
+fn ctrl_c_stops_the_answer_not_the_chat() {
+    use std::io::Read;
+    let mut child = squish()
+        .args(["run", "--raw", "--temperature", "1", "--seed", "1", "-n", "100000", "--ctx", "8192"])
+        .arg(smollm2())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Once upon a time\n").unwrap();
+    // Wait until the answer is streaming, then interrupt it.
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).unwrap();
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    stdin.write_all(b"/exit\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(err.contains("[stopped]"), "{err}");
+}
