@@ -3,7 +3,10 @@
 //! end-of-sequence token, the token limit, the context's end, or cancellation.
 //! It owns no I/O: text goes to a callback.
 
-use squish_model::{Model, ModelError, Sampler, SamplingParams, TextStream, KvCache};
+mod perplexity;
+
+pub use perplexity::{perplexity, PerplexityReport};
+use squish_model::{KvCache, Model, ModelError, Sampler, SamplingParams, TextStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 

@@ -64,6 +64,16 @@ impl HfDir {
         self.routing.keys().map(String::as_str)
     }
 
+    /// The stored bytes of a tensor, borrowed from the mmap, with its dtype and shape.
+    pub fn raw(&self, name: &str) -> Result<(&[u8], safetensors::Dtype, Vec<usize>)> {
+        let Some(&idx) = self.routing.get(name) else {
+            return Err(FormatError::MissingTensor { path: self.root.clone(), name: name.into() });
+        };
+        let (path, st) = &self.shards[idx];
+        let view = st.get(name).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {e}")))?;
+        Ok((view.data(), view.dtype(), view.shape().to_vec()))
+    }
+
     /// Loads a floating-point tensor (f32, f16 or bf16 on disk) as `dtype` on `device`.
     pub fn tensor(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let Some(&idx) = self.routing.get(name) else {

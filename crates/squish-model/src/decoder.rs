@@ -4,11 +4,101 @@
 
 use crate::config::{ModelConfig, RopeScaling};
 use crate::kv_cache::KvCache;
+use crate::linear::Linear;
 use crate::weights::Weights;
 use crate::ModelError;
-use candle_core::{Device, Module, Tensor};
-use candle_nn::Linear;
+use candle_core::{Device, Tensor};
 use squish_backend::{causal_attention, rms_norm, Rope};
+
+/// A point in the forward pass whose activations feed linear layers: calibration observes
+/// them to learn which input channels matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tap {
+    /// Input of q/k/v (after the attention norm).
+    AttnIn(usize),
+    /// Input of o_proj.
+    AttnOut(usize),
+    /// Input of gate/up (after the MLP norm).
+    MlpIn(usize),
+    /// Input of down_proj.
+    MlpMid(usize),
+    /// Input of the LM head: the final hidden states that `forward` returns.
+    Head,
+}
+
+impl Tap {
+    /// The tap feeding the linear layer whose weight is `name` (HF naming).
+    pub fn of_weight(name: &str) -> Option<Self> {
+        if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
+            return Some(Self::Head);
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (i, part) = rest.split_once('.')?;
+        let i: usize = i.parse().ok()?;
+        match part {
+            "self_attn.q_proj.weight" | "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => Some(Self::AttnIn(i)),
+            "self_attn.o_proj.weight" => Some(Self::AttnOut(i)),
+            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => Some(Self::MlpIn(i)),
+            "mlp.down_proj.weight" => Some(Self::MlpMid(i)),
+            _ => None,
+        }
+    }
+}
+
+/// Receives activations during a forward pass; x: (1, t, features).
+pub trait Observer {
+    fn observe(&mut self, tap: Tap, x: &Tensor) -> Result<(), ModelError>;
+}
+
+struct NoObserver;
+
+impl Observer for NoObserver {
+    fn observe(&mut self, _: Tap, _: &Tensor) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// One tensor the decoder reads: 2-D matrices (linear weights, embeddings) or 1-D vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// Every tensor the decoder of `cfg` reads, in a stable order; `has` says which optional ones
+/// (biases, q/k norms, untied head, rope frequencies) the source holds.
+pub fn tensor_plan(cfg: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<TensorSpec> {
+    let (h, hd) = (cfg.hidden, cfg.head_dim);
+    let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
+    let mut plan = vec![TensorSpec { name: "model.embed_tokens.weight".into(), shape: vec![cfg.vocab, h] }];
+    let mut add = |name: String, shape: Vec<usize>, optional: bool| {
+        if !optional || has(&name) {
+            plan.push(TensorSpec { name, shape });
+        }
+    };
+    for i in 0..cfg.layers {
+        let p = format!("model.layers.{i}");
+        add(format!("{p}.input_layernorm.weight"), vec![h], false);
+        for (proj, out) in [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)] {
+            add(format!("{p}.self_attn.{proj}.weight"), vec![out, h], false);
+            add(format!("{p}.self_attn.{proj}.bias"), vec![out], true);
+        }
+        add(format!("{p}.self_attn.o_proj.weight"), vec![h, q_out], false);
+        add(format!("{p}.self_attn.o_proj.bias"), vec![h], true);
+        add(format!("{p}.self_attn.q_norm.weight"), vec![hd], true);
+        add(format!("{p}.self_attn.k_norm.weight"), vec![hd], true);
+        add(format!("{p}.post_attention_layernorm.weight"), vec![h], false);
+        add(format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate, h], false);
+        add(format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate, h], false);
+        add(format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate], false);
+    }
+    add("model.norm.weight".into(), vec![h], false);
+    if !cfg.tie_embeddings {
+        add("lm_head.weight".into(), vec![cfg.vocab, h], true);
+    }
+    add("rope_freqs.weight".into(), vec![hd / 2], true);
+    plan
+}
 
 struct Attention {
     q: Linear,
@@ -30,10 +120,11 @@ struct Layer {
 
 pub struct Decoder {
     cfg: ModelConfig,
-    embed: Tensor, // (vocab, hidden)
+    embed: Linear, // (vocab, hidden)
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Linear,
+    /// None when tied to the embeddings.
+    lm_head: Option<Linear>,
     rope: Rope,
     device: Device,
 }
@@ -43,11 +134,7 @@ impl Decoder {
     pub fn load(cfg: &ModelConfig, w: &Weights, max_pos: usize, device: &Device) -> Result<Self, ModelError> {
         let (h, hd) = (cfg.hidden, cfg.head_dim);
         let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
-        let linear = |name: &str, out: usize, inp: usize| -> Result<Linear, ModelError> {
-            let weight = w.get(&format!("{name}.weight"), &[out, inp])?;
-            let bias = w.maybe(&format!("{name}.bias"), &[out])?;
-            Ok(Linear::new(weight, bias))
-        };
+        let linear = |name: &str, out: usize, inp: usize| w.linear(name, out, inp);
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
@@ -67,10 +154,10 @@ impl Decoder {
                 down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
             });
         }
-        let embed = w.get("model.embed_tokens.weight", &[cfg.vocab, h])?;
-        let lm_head = match w.maybe("lm_head.weight", &[cfg.vocab, h])? {
-            Some(head) if !cfg.tie_embeddings => Linear::new(head, None),
-            _ => Linear::new(embed.clone(), None),
+        let embed = w.linear("model.embed_tokens", cfg.vocab, h)?;
+        let lm_head = match w.has("lm_head.weight") && !cfg.tie_embeddings {
+            true => Some(w.linear("lm_head", cfg.vocab, h)?),
+            false => None,
         };
         let mut cfg = cfg.clone();
         if cfg.rope_scaling == RopeScaling::None {
@@ -99,19 +186,32 @@ impl Decoder {
     /// Runs `tokens` after the ones already in `cache` and returns the final hidden states.
     /// -> (1, tokens.len(), hidden)
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        self.forward_observed(tokens, cache, &mut NoObserver)
+    }
+
+    /// `forward`, showing the inputs of every linear layer to `obs`.
+    pub fn forward_observed(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor, ModelError> {
         let start = cache.len();
         if start + tokens.len() > cache.capacity() {
             return Err(ModelError::PromptTooLong { prompt: start + tokens.len(), ctx: cache.capacity() });
         }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?; // (1, t, hidden)
+        let mut x = self.embed.rows(tokens, &self.device)?.unsqueeze(0)?; // (1, t, hidden)
         for (i, layer) in self.layers.iter().enumerate() {
-            let residual = x.clone();
-            let a = self.attention(&layer.attn, &rms_norm(&x, &layer.attn_norm, self.eps())?, cache, i, start)?;
-            x = (residual + a)?;
+            let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
+            obs.observe(Tap::AttnIn(i), &n)?;
+            let a = self.attention(&layer.attn, &n, cache, i, start)?;
+            obs.observe(Tap::AttnOut(i), &a)?;
+            x = (x + layer.attn.o.forward(&a)?)?;
             let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
-            let mlp = layer.down.forward(&(layer.gate.forward(&n)?.silu()? * layer.up.forward(&n)?)?)?;
-            x = (x + mlp)?;
+            obs.observe(Tap::MlpIn(i), &n)?;
+            let mid = (layer.gate.forward(&n)?.silu()? * layer.up.forward(&n)?)?;
+            obs.observe(Tap::MlpMid(i), &mid)?;
+            x = (x + layer.down.forward(&mid)?)?;
         }
         cache.commit(tokens);
         Ok(rms_norm(&x, &self.norm, self.eps())?)
@@ -119,7 +219,7 @@ impl Decoder {
 
     /// hidden: (1, t, hidden) -> logits (1, t, vocab)
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(self.lm_head.forward(hidden)?)
+        self.lm_head.as_ref().unwrap_or(&self.embed).forward(hidden)
     }
 
     /// Logits of the last position only, as a plain vector of vocab entries.
@@ -133,7 +233,7 @@ impl Decoder {
         self.cfg.rms_eps as f32
     }
 
-    /// x: (1, t, hidden) -> (1, t, hidden)
+    /// x: (1, t, hidden) -> attention output before o_proj (1, t, heads * head_dim)
     fn attention(
         &self,
         a: &Attention,
@@ -156,7 +256,6 @@ impl Decoder {
         let k = split(a.k.forward(x)?, self.cfg.kv_heads, &a.k_norm)?;
         let v = a.v.forward(x)?.reshape((b, t, self.cfg.kv_heads, hd))?.transpose(1, 2)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        let out = causal_attention(&q, &k, &v, start)?; // (1, t, heads * hd)
-        Ok(a.o.forward(&out)?)
+        Ok(causal_attention(&q, &k, &v, start)?) // (1, t, heads * hd)
     }
 }

@@ -3,25 +3,29 @@
 
 mod chat_template;
 mod config;
+pub mod convert;
 mod decoder;
 mod error;
 mod gguf_tokenizer;
 mod kv_cache;
+mod linear;
 mod sampler;
 mod tokenizer;
 mod weights;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{Arch, ModelConfig, RopeScaling};
-pub use decoder::Decoder;
+pub use decoder::{tensor_plan, Decoder, Observer, Tap, TensorSpec};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use sampler::{argmax, Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer};
+pub use weights::Weights;
 
 use candle_core::Device;
 use squish_format::ModelFiles;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Context size when the user does not choose one: enough for long chats, small enough that
 /// the KV cache of a 7B model fits in a laptop's memory.
@@ -34,23 +38,43 @@ pub struct Model {
     ctx: usize,
 }
 
-impl Model {
-    /// Loads a Hugging Face directory or a GGUF file onto `device`. `ctx` is the context size
-    /// (default: the model's own, at most DEFAULT_CTX).
-    pub fn load(path: &Path, device: &Device, ctx: Option<usize>) -> Result<Self, ModelError> {
-        let files = ModelFiles::open(path)?;
-        let (config, tokenizer) = match &files {
-            ModelFiles::HfDir(dir) => {
-                let config = ModelConfig::from_hf(&dir.read_json("config.json")?, &dir.root().join("config.json"))?;
-                let tok = Tokenizer::from_hf_dir(dir, &config.eos, config.bos)?;
-                (config, tok)
-            }
-            ModelFiles::Gguf(g) => {
+/// A model's files with its config and tokenizer, before any weight is loaded.
+pub struct Source {
+    pub files: Arc<ModelFiles>,
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+}
+
+impl Source {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let files = Arc::new(ModelFiles::open(path)?);
+        let (config, tokenizer) = match (files.as_ref(), files.hf_dir()) {
+            (ModelFiles::Gguf(g), _) => {
                 let config = ModelConfig::from_gguf(g)?;
                 let tok = gguf_tokenizer::tokenizer_from_gguf(g, &config.eos)?;
                 (config, tok)
             }
+            (_, Some(dir)) => {
+                let config = ModelConfig::from_hf(&dir.read_json("config.json")?, &dir.root().join("config.json"))?;
+                let tok = Tokenizer::from_hf_dir(dir, &config.eos, config.bos)?;
+                (config, tok)
+            }
+            (_, None) => unreachable!("every source but GGUF is a directory"),
         };
+        Ok(Self { files, config, tokenizer })
+    }
+
+    /// The tensors under their Hugging Face names, loaded on `device`.
+    pub fn weights<'a>(&'a self, device: &'a Device) -> weights::Weights<'a> {
+        weights::Weights::new(&self.files, &self.config, device)
+    }
+}
+
+impl Model {
+    /// Loads a squish or Hugging Face directory or a GGUF file onto `device`. `ctx` is the
+    /// context size (default: the model's own, at most DEFAULT_CTX).
+    pub fn load(path: &Path, device: &Device, ctx: Option<usize>) -> Result<Self, ModelError> {
+        let Source { files, config, tokenizer } = Source::open(path)?;
         let ctx = match ctx {
             Some(c) if c > config.max_pos => {
                 return Err(ModelError::unsupported(

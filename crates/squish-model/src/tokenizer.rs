@@ -69,7 +69,8 @@ impl Tokenizer {
                 .map(String::from),
             _ => dir.read_optional("chat_template.jinja")?,
         };
-        Ok(Self::new(inner, false, bos, eos, chat_template))
+        let add_bos = tc.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+        Ok(Self::new(inner, add_bos, bos, eos, chat_template))
     }
 
     /// Token ids for `text`. With `add_special`, the model's BOS is prepended where it uses one
@@ -97,6 +98,16 @@ impl Tokenizer {
 
     pub fn bos(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether plain prompts start with BOS (it is prepended by `encode(.., true)`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos || self.bos.is_some_and(|b| self.inner.encode("a", true).is_ok_and(|e| e.get_ids().first() == Some(&b)))
+    }
+
+    /// The tokenizer in `tokenizer.json` form.
+    pub fn to_json(&self) -> Result<String, ModelError> {
+        self.inner.to_string(true).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     pub fn eos(&self) -> &[u32] {

@@ -3,32 +3,84 @@
 //! is undone so one rotate-half RoPE serves both sources.
 
 use crate::config::{Arch, ModelConfig};
+use crate::linear::{Linear, Weight};
 use crate::ModelError;
 use candle_core::{DType, Device, Tensor};
-use squish_format::ModelFiles;
+use squish_format::{Mapped, ModelFiles, StDtype};
+use std::sync::Arc;
 
 pub struct Weights<'a> {
-    files: &'a ModelFiles,
+    files: &'a Arc<ModelFiles>,
     device: &'a Device,
     cfg: &'a ModelConfig,
 }
 
 impl<'a> Weights<'a> {
-    pub fn new(files: &'a ModelFiles, cfg: &'a ModelConfig, device: &'a Device) -> Self {
+    pub fn new(files: &'a Arc<ModelFiles>, cfg: &'a ModelConfig, device: &'a Device) -> Self {
         Self { files, device, cfg }
     }
 
     pub fn has(&self, hf_name: &str) -> bool {
-        match self.files {
+        match self.files.as_ref() {
             ModelFiles::HfDir(d) => d.has_tensor(hf_name),
+            ModelFiles::Squish(s) => s.manifest().tensors.contains_key(hf_name),
             ModelFiles::Gguf(g) => g.has_tensor(&gguf_name(hf_name)),
         }
     }
 
+    /// The linear layer `prefix` (`prefix.weight`, optional `prefix.bias`) of shape (out, inp):
+    /// quantized weights stay packed, in place in the mmap; dense ones become f32 tensors.
+    pub fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<Linear, ModelError> {
+        let name = format!("{prefix}.weight");
+        let bias = self.maybe(&format!("{prefix}.bias"), &[out])?;
+        let quantized = match self.files.as_ref() {
+            ModelFiles::Squish(s) => s.manifest().tensors.get(&name).map(|e| (e.scheme.clone(), e.group_size, e.shape.clone())),
+            _ => None,
+        };
+        let weight = match quantized {
+            Some((scheme, Some(group), shape)) if scheme == "int4" || scheme == "int8" => {
+                if shape != [out, inp] {
+                    return Err(ModelError::unsupported(
+                        self.files.path(),
+                        format!("tensor `{name}` has shape {shape:?}, expected {:?} from the config", [out, inp]),
+                    ));
+                }
+                if !self.device.is_cpu() {
+                    return Err(ModelError::unsupported(
+                        self.files.path(),
+                        "quantized squish models run on the CPU in this build; use --device cpu",
+                    ));
+                }
+                let part = |suffix: &str, dtype| Mapped::new(self.files, &format!("{name}.{suffix}"), dtype);
+                if scheme == "int4" {
+                    Weight::Int4 {
+                        codes: part("q4", StDtype::U8)?,
+                        scales: part("scales", StDtype::F16)?,
+                        mins: part("mins", StDtype::F16)?,
+                        n: out,
+                        k: inp,
+                        group,
+                    }
+                } else {
+                    Weight::Int8 {
+                        codes: part("q8", StDtype::I8)?,
+                        scales: part("scales", StDtype::F16)?,
+                        n: out,
+                        k: inp,
+                        group,
+                    }
+                }
+            }
+            _ => Weight::Dense(self.get(&name, &[out, inp])?),
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
     /// The tensor under its Hugging Face name, as f32, with the expected shape.
     pub fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        let t = match self.files {
+        let t = match self.files.as_ref() {
             ModelFiles::HfDir(d) => d.tensor(hf_name, DType::F32, self.device)?,
+            ModelFiles::Squish(s) => s.hf().tensor(hf_name, DType::F32, self.device)?,
             ModelFiles::Gguf(g) => {
                 let t = g.tensor(&gguf_name(hf_name), DType::F32, self.device)?;
                 if self.unpermute_needed(hf_name) {

@@ -1,8 +1,12 @@
 //! The `squish` binary: a thin clap tree over the library crates, one file per subcommand.
 //! Errors reach the user as one line on stderr and exit code 2; never a panic or backtrace.
 
+mod convert;
 mod default_model;
+mod eval;
+mod info;
 mod run;
+mod setup;
 
 use clap::{Parser, Subcommand};
 
@@ -17,12 +21,21 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, or chat in the terminal
     Run(run::RunArgs),
+    /// Compress a model (Hugging Face dir or GGUF) into a squish directory: int4, int8, f16, bf16
+    Convert(convert::ConvertArgs),
+    /// Show a squish model's manifest: source, schemes, bits/weight, checksums, quality
+    Info(info::InfoArgs),
+    /// Measure perplexity on a text file
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

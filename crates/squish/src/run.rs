@@ -4,7 +4,6 @@
 use crate::default_model;
 use anyhow::{Context, Result};
 use clap::Args;
-use squish_backend::DeviceRequest;
 use squish_engine::{FinishReason, Generation, Session};
 use squish_model::{Message, Model, SamplingParams};
 use std::io::{BufRead, IsTerminal, Write};
@@ -69,10 +68,7 @@ pub struct RunArgs {
 static GENERATING: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let device_req: DeviceRequest = args.device.parse()?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    squish_backend::configure_threads(threads);
-    let device = squish_backend::open_device(device_req)?;
+    let (device, threads) = crate::setup::device(&args.device, args.threads)?;
     let path = default_model::resolve(args.model.clone())?;
 
     let cancel = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,270 @@
+//! `convert`: a model in, a squish directory out. Tensors stream one at a time (load as f32,
+//! quantize with every core, write), so memory stays near the largest tensor; with
+//! calibration text the f32 model first runs over it to weight quantization errors by
+//! activation strength. The directory is written under a temporary sibling marked
+//! incomplete, verified, and only then renamed into place.
+
+mod calibrate;
+mod export;
+mod plan;
+
+pub use plan::{choose, Scheme, Storage, TensorChoice};
+
+use crate::{tensor_plan, Model, ModelError, Source, Tap};
+use candle_core::Device;
+use half::{bf16, f16};
+use squish_format::{
+    plan_shards, sha256_file, CalibrationInfo, FormatError, Manifest, ModelFiles, PlannedTensor, ShardWriter,
+    SourceInfo, SquishDir, TensorEntry, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST_FILE,
+};
+use squish_quant::{int4, int8};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const MAX_SHARD_BYTES: usize = 2 << 30;
+
+pub struct ConvertOptions {
+    pub scheme: Scheme,
+    pub group_size: Option<usize>,
+    /// The scheme of the token embeddings (and the LM head, tied or not), often the most
+    /// rounding-sensitive matrix; None: the same as `scheme`.
+    pub embedding_scheme: Option<Scheme>,
+    /// Calibration text; None: data-free (every input channel weighs the same).
+    pub calib: Option<PathBuf>,
+    pub calib_tokens: usize,
+    /// Replace an existing output directory.
+    pub force: bool,
+}
+
+pub enum Progress<'a> {
+    Calibrating { tokens: usize, total: usize },
+    Tensor { index: usize, total: usize, name: &'a str },
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bits_per_weight: f64,
+    pub source_bytes: u64,
+    pub output_bytes: u64,
+    pub seconds: f64,
+    pub calib_tokens: usize,
+    /// Tensors stored otherwise than asked, with the reason.
+    pub fallbacks: Vec<(String, String)>,
+}
+
+pub fn convert(
+    src_path: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, ModelError> {
+    let start = Instant::now();
+    let io = |p: &Path, e| ModelError::from(FormatError::io(p, e));
+    if out.exists() && !opts.force {
+        return Err(FormatError::invalid(out, "already exists (use --force to replace it)").into());
+    }
+    let src = Source::open(src_path)?;
+    let group = opts.group_size.or(opts.scheme.default_group_size()).unwrap_or(0);
+    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
+        return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
+    }
+
+    let (stats, calibration) = match &opts.calib {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| io(file, e))?;
+            let model = Model::load(src_path, &Device::Cpu, None)?;
+            let mut report = |tokens, total| progress(Progress::Calibrating { tokens, total });
+            let stats = calibrate::collect(&model, &text, opts.calib_tokens, &mut report)?;
+            let info = CalibrationInfo { file: file.display().to_string(), sha256: sha256_file(file)?, tokens: stats.tokens };
+            (Some(stats), Some(info))
+        }
+        None => (None, None),
+    };
+
+    let files = src.files.as_ref();
+    let choices: Vec<TensorChoice> = tensor_plan(&src.config, &|n| src.weights(&Device::Cpu).has(n))
+        .iter()
+        .map(|spec| match (opts.embedding_scheme, spec.name.as_str()) {
+            (Some(e), "model.embed_tokens.weight" | "lm_head.weight") => {
+                choose(spec, e, opts.group_size.or(e.default_group_size()).unwrap_or(0))
+            }
+            _ => choose(spec, opts.scheme, group),
+        })
+        .collect();
+
+    // Write everything under a marked temporary sibling; rename only once complete.
+    let tmp = temp_sibling(out)?;
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    std::fs::write(tmp.join(INCOMPLETE_MARKER), "").map_err(|e| io(&tmp, e))?;
+    export::write_side_files(&src, &tmp)?;
+
+    let parts: Vec<PlannedTensor> = choices.iter().flat_map(TensorChoice::parts).collect();
+    let shard_plans = plan_shards(parts, MAX_SHARD_BYTES);
+    let count = shard_plans.len();
+    let shard_name = |i: usize| match count {
+        1 => "model.safetensors".to_string(),
+        n => format!("model-{:05}-of-{n:05}.safetensors", i + 1),
+    };
+    let mut shards = Vec::new();
+    let mut plans = shard_plans.into_iter().enumerate();
+    let mut writer: Option<ShardWriter> = None;
+    let weights = src.weights(&Device::Cpu);
+    for (index, choice) in choices.iter().enumerate() {
+        progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
+        let importance = stats.as_ref().zip(Tap::of_weight(&choice.spec.name)).and_then(|(s, tap)| s.importance(tap));
+        let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
+        for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, importance.as_deref())) {
+            if writer.as_ref().is_none_or(ShardWriter::is_complete) {
+                if let Some(done) = writer.take() {
+                    shards.push(done.finish()?);
+                }
+                let (i, plan) = plans.next().expect("the shard plans hold every part");
+                writer = Some(ShardWriter::create(&tmp.join(shard_name(i)), plan)?);
+            }
+            writer.as_mut().expect("just opened").write_tensor(&part.name, &bytes)?;
+        }
+    }
+    if let Some(done) = writer.take() {
+        shards.push(done.finish()?);
+    }
+
+    let parameters: u64 = choices.iter().map(|c| c.params() as u64).sum();
+    let weight_bytes: u64 = choices.iter().map(|c| c.bytes() as u64).sum();
+    let tensors = choices
+        .iter()
+        .map(|c| {
+            let entry = TensorEntry {
+                scheme: c.scheme_name().into(),
+                shape: c.spec.shape.clone(),
+                group_size: c.group(),
+                bits_per_weight: c.bytes() as f64 * 8.0 / c.params() as f64,
+                note: c.note.clone(),
+            };
+            (c.spec.name.clone(), entry)
+        })
+        .collect::<BTreeMap<_, _>>();
+    let (source_hash, source_bytes) = source_identity(files)?;
+    let manifest = Manifest {
+        format: "squish".into(),
+        version: FORMAT_VERSION,
+        created_by: format!("squish {}", env!("CARGO_PKG_VERSION")),
+        source: SourceInfo {
+            path: src_path.display().to_string(),
+            kind: if matches!(files, ModelFiles::Gguf(_)) { "gguf" } else { "hf" }.into(),
+            sha256: source_hash,
+            bytes: source_bytes,
+        },
+        scheme: opts.scheme.name().into(),
+        group_size: opts.scheme.default_group_size().map(|_| group),
+        calibration,
+        bits_per_weight: weight_bytes as f64 * 8.0 / parameters as f64,
+        parameters,
+        tensors,
+        shards,
+        quality: None,
+    };
+    let manifest_path = tmp.join(MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).expect("plain JSON");
+    std::fs::write(&manifest_path, text + "\n").map_err(|e| io(&manifest_path, e))?;
+
+    // Verify what was written before it becomes visible under its name.
+    std::fs::remove_file(tmp.join(INCOMPLETE_MARKER)).map_err(|e| io(&tmp, e))?;
+    let written = SquishDir::open(&tmp)?;
+    if let Some((file, _)) = written.verify()?.into_iter().find(|(_, ok)| !ok) {
+        return Err(FormatError::invalid(&tmp.join(file), "checksum mismatch right after writing").into());
+    }
+    let output_bytes = manifest.shards.iter().map(|s| s.bytes).sum();
+    replace_dir(&tmp, out)?;
+    Ok(Summary {
+        tensors: choices.len(),
+        parameters,
+        bits_per_weight: manifest.bits_per_weight,
+        source_bytes,
+        output_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        calib_tokens: manifest.calibration.as_ref().map_or(0, |c| c.tokens),
+        fallbacks: choices.iter().filter_map(|c| Some((c.spec.name.clone(), c.note.clone()?))).collect(),
+    })
+}
+
+/// The stored bytes of each part of `choice`, in `parts()` order.
+fn encode(choice: &TensorChoice, data: &[f32], importance: Option<&[f32]>) -> Vec<Vec<u8>> {
+    let shape = &choice.spec.shape;
+    match choice.storage {
+        Storage::Int4 { group } => {
+            let (codes, scales, mins) = int4::quantize(data, shape[0], shape[1], group, importance).into_parts();
+            vec![codes, f16_bytes(&scales), f16_bytes(&mins)]
+        }
+        Storage::Int8 { group } => {
+            let (codes, scales) = int8::quantize(data, shape[0], shape[1], group, importance).into_parts();
+            vec![codes.iter().map(|&c| c as u8).collect(), f16_bytes(&scales)]
+        }
+        Storage::Dense(dtype) => vec![match dtype {
+            squish_format::StoredDtype::F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+            squish_format::StoredDtype::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
+            _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }],
+    }
+}
+
+fn f16_bytes(v: &[f16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// sha256 and size of the source's weight files (several files: sha256 of their hashes).
+fn source_identity(files: &ModelFiles) -> Result<(String, u64), ModelError> {
+    let paths: Vec<PathBuf> = match files {
+        ModelFiles::Gguf(g) => vec![g.path().to_path_buf()],
+        _ => {
+            let root = files.path();
+            let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+                .map_err(|e| FormatError::io(root, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut bytes = 0;
+    let mut hashes = Vec::new();
+    for p in &paths {
+        bytes += std::fs::metadata(p).map_err(|e| FormatError::io(p, e))?.len();
+        hashes.push(sha256_file(p)?);
+    }
+    let hash = match hashes.len() {
+        1 => hashes.remove(0),
+        _ => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(hashes.concat().as_bytes());
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    };
+    Ok((hash, bytes))
+}
+
+fn temp_sibling(out: &Path) -> Result<PathBuf, ModelError> {
+    let name = out.file_name().ok_or_else(|| FormatError::invalid(out, "output path has no directory name"))?;
+    Ok(out.with_file_name(format!(".{}.partial", name.to_string_lossy())))
+}
+
+/// Moves `tmp` to `out`, replacing an existing `out` only once `tmp` is in place beside it.
+fn replace_dir(tmp: &Path, out: &Path) -> Result<(), ModelError> {
+    let io = |p: &Path, e| ModelError::from(FormatError::io(p, e));
+    if out.exists() {
+        let old = out.with_file_name(format!(".{}.old", out.file_name().unwrap_or_default().to_string_lossy()));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old).map_err(|e| io(out, e))?;
+        std::fs::rename(tmp, out).map_err(|e| io(out, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    } else {
+        std::fs::rename(tmp, out).map_err(|e| io(out, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Which scheme each tensor gets, and the safetensors entries that store it. Matrices take
+//! the scheme asked for, falling back (with a note in the manifest) when their input width
+//! does not fit its group size; vectors (norms, biases, RoPE factors: under 0.1% of the
+//! parameters and sensitive to rounding) stay f32.
+
+use crate::TensorSpec;
+use squish_format::{PlannedTensor, StoredDtype};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Int4,
+    Int8,
+    F16,
+    Bf16,
+    F32,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Int4 => "int4",
+            Self::Int8 => "int8",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+            Self::F32 => "f32",
+        }
+    }
+
+    pub fn default_group_size(self) -> Option<usize> {
+        match self {
+            Self::Int4 => Some(64),
+            Self::Int8 => Some(32),
+            _ => None,
+        }
+    }
+
+    fn dense_dtype(self) -> StoredDtype {
+        match self {
+            Self::F16 => StoredDtype::F16,
+            Self::Bf16 => StoredDtype::BF16,
+            _ => StoredDtype::F32,
+        }
+    }
+}
+
+/// How one tensor is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    Int4 { group: usize },
+    Int8 { group: usize },
+    Dense(StoredDtype),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorChoice {
+    pub spec: TensorSpec,
+    pub storage: Storage,
+    pub note: Option<String>,
+}
+
+impl TensorChoice {
+    pub fn scheme_name(&self) -> &'static str {
+        match self.storage {
+            Storage::Int4 { .. } => "int4",
+            Storage::Int8 { .. } => "int8",
+            Storage::Dense(StoredDtype::F16) => "f16",
+            Storage::Dense(StoredDtype::BF16) => "bf16",
+            Storage::Dense(_) => "f32",
+        }
+    }
+
+    pub fn group(&self) -> Option<usize> {
+        match self.storage {
+            Storage::Int4 { group } | Storage::Int8 { group } => Some(group),
+            Storage::Dense(_) => None,
+        }
+    }
+
+    /// The safetensors entries, in write order.
+    pub fn parts(&self) -> Vec<PlannedTensor> {
+        let name = &self.spec.name;
+        let shape = &self.spec.shape;
+        match self.storage {
+            Storage::Int4 { group } => {
+                let (n, k) = (shape[0], shape[1]);
+                vec![
+                    PlannedTensor::new(format!("{name}.q4"), StoredDtype::U8, &[n, k / 2]),
+                    PlannedTensor::new(format!("{name}.scales"), StoredDtype::F16, &[n, k / group]),
+                    PlannedTensor::new(format!("{name}.mins"), StoredDtype::F16, &[n, k / group]),
+                ]
+            }
+            Storage::Int8 { group } => {
+                let (n, k) = (shape[0], shape[1]);
+                vec![
+                    PlannedTensor::new(format!("{name}.q8"), StoredDtype::I8, &[n, k]),
+                    PlannedTensor::new(format!("{name}.scales"), StoredDtype::F16, &[n, k / group]),
+                ]
+            }
+            Storage::Dense(dtype) => vec![PlannedTensor::new(name.clone(), dtype, shape)],
+        }
+    }
+
+    pub fn params(&self) -> usize {
+        self.spec.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.parts().iter().map(PlannedTensor::bytes).sum()
+    }
+}
+
+/// The storage of `spec` under `scheme` with groups of `group` inputs.
+pub fn choose(spec: &TensorSpec, scheme: Scheme, group: usize) -> TensorChoice {
+    let dense = |dtype, note: Option<String>| TensorChoice { spec: spec.clone(), storage: Storage::Dense(dtype), note };
+    if spec.shape.len() != 2 {
+        return dense(StoredDtype::F32, None);
+    }
+    let k = spec.shape[1];
+    let int8 = |note: Option<String>| {
+        if k % 32 == 0 {
+            let g = if k % group == 0 && group % 32 == 0 { group } else { 32 };
+            TensorChoice { spec: spec.clone(), storage: Storage::Int8 { group: g }, note }
+        } else {
+            dense(StoredDtype::F16, Some(format!("f16: {k} inputs is not a multiple of 32")))
+        }
+    };
+    match scheme {
+        Scheme::Int4 if k % 64 == 0 => {
+            let mut g = group;
+            while k % g != 0 && g > 32 {
+                g /= 2;
+            }
+            let note = (g != group).then(|| format!("group {g}: {k} inputs is not a multiple of {group}"));
+            TensorChoice { spec: spec.clone(), storage: Storage::Int4 { group: g }, note }
+        }
+        Scheme::Int4 => int8(Some(format!("int8: {k} inputs is not a multiple of 64"))),
+        Scheme::Int8 => {
+            let note = (k % group != 0 && k % 32 == 0).then(|| format!("group 32: {k} inputs is not a multiple of {group}"));
+            int8(note)
+        }
+        other => dense(other.dense_dtype(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(shape: &[usize]) -> TensorSpec {
+        TensorSpec { name: "w".into(), shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn vectors_stay_f32() {
+        assert_eq!(choose(&spec(&[576]), Scheme::Int4, 64).storage, Storage::Dense(StoredDtype::F32));
+    }
+
+    #[test]
+    fn int4_bits_per_weight_are_honest() {
+        let c = choose(&spec(&[1536, 576]), Scheme::Int4, 64);
+        assert_eq!(c.storage, Storage::Int4 { group: 64 });
+        assert_eq!(c.bytes() as f64 * 8.0 / c.params() as f64, 4.5);
+        let c = choose(&spec(&[1536, 576]), Scheme::Int4, 32);
+        assert_eq!(c.bytes() as f64 * 8.0 / c.params() as f64, 5.0);
+    }
+
+    #[test]
+    fn group_falls_back_with_a_note() {
+        let c = choose(&spec(&[576, 576]), Scheme::Int4, 128);
+        assert_eq!(c.storage, Storage::Int4 { group: 64 });
+        assert!(c.note.unwrap().contains("not a multiple of 128"));
+        let c = choose(&spec(&[8, 96]), Scheme::Int4, 64);
+        assert_eq!(c.storage, Storage::Int8 { group: 32 });
+        let c = choose(&spec(&[8, 100]), Scheme::Int4, 64);
+        assert_eq!(c.storage, Storage::Dense(StoredDtype::F16));
+    }
+}

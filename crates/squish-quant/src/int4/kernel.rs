@@ -1,0 +1,77 @@
+//! The INT4 matmul entry: quantizes the activations, splits the output over threads, and
+//! runs each task on the AVX2 kernel or the portable scalar one (the same sums).
+
+use super::Int4Matrix;
+use crate::act::{with_scratch, ActQ8};
+use crate::isa::{detect, Isa};
+use crate::matmul::{check_io, run};
+
+/// out[tok*N + r] ≈ Σ_c W[r, c] · x[tok*K + c] for x of t tokens (t x K) and out t x N,
+/// both row-major. Activations are quantized to int8 per block of 32 (see
+/// `matmul_ref_q8`); runs on the current rayon pool.
+///
+/// Panics if `x.len() != t*K` or `out.len() != t*N`.
+pub fn matmul(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    matmul_with(detect(), w, x, t, out);
+}
+
+/// `matmul` on the portable scalar path whatever the CPU (the fallback, for comparison).
+///
+/// Panics if `x.len() != t*K` or `out.len() != t*N`.
+pub fn matmul_scalar(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    matmul_with(Isa::Scalar, w, x, t, out);
+}
+
+/// `matmul` on a chosen kernel family (tests force the scalar one).
+fn matmul_with(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    check_io("int4 matmul", w.n(), w.k(), x, t, out);
+    if t == 0 || w.n() == 0 {
+        return;
+    }
+    with_scratch(|a| {
+        a.quantize(isa, x, t, w.k(), w.g());
+        let a = &*a;
+        run(w.n(), w.k(), w.bytes() / w.n().max(1), t, out, |r0, t0, outs| run_task(isa, w, a, r0, t0, outs));
+    });
+}
+
+/// One task of `matmul::run`: rows r0.. for tokens t0.. (see there).
+fn run_task(isa: Isa, w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    match isa {
+        // SAFETY: Isa::Avx2 means the CPU has avx2/fma/f16c; the kernel asserts the bounds
+        // it relies on.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { crate::x86::int4::task(w, a, r0, t0, outs) },
+        Isa::Scalar => {
+            for (i, out) in outs.iter_mut().enumerate() {
+                for (j, y) in out.iter_mut().enumerate() {
+                    *y = scalar_dot(w, a, r0 + j, t0 + i);
+                }
+            }
+        }
+    }
+}
+
+/// One (row, token) output: per group, scale · (Σ_blocks d · (integer dot) + centred
+/// residual) + min · Σx.
+fn scalar_dot(w: &Int4Matrix, a: &ActQ8, r: usize, tok: usize) -> f32 {
+    let (k, g) = (w.k(), w.g());
+    let (ng, nb, bpg) = (k / g, k / 32, g / 32);
+    let codes = &w.codes()[r * k / 2..(r + 1) * k / 2];
+    let (scales, mins) = (&w.scales()[r * ng..(r + 1) * ng], &w.mins()[r * ng..(r + 1) * ng]);
+    let q = &a.q[tok * k..(tok + 1) * k];
+    let d = &a.dtok[tok * nb..(tok + 1) * nb];
+    let mut y = 0.0f32;
+    for grp in 0..ng {
+        let mut acc = 0.0f32;
+        for blk in grp * bpg..(grp + 1) * bpg {
+            let bytes = &codes[(blk / 2) * 32..(blk / 2) * 32 + 32];
+            let shift = (blk & 1) * 4;
+            let qa = &q[blk * 32..blk * 32 + 32];
+            let isum: i32 = bytes.iter().zip(qa).map(|(&c, &v)| ((c >> shift) & 0x0F) as i32 * v as i32).sum();
+            acc += isum as f32 * d[blk];
+        }
+        y += (acc + a.centred_residual(tok, grp)) * scales[grp].to_f32() + mins[grp].to_f32() * a.group_sum(tok, grp);
+    }
+    y
+}

@@ -1,0 +1,60 @@
+//! The INT8 matmul entry: splits the output over threads and runs each task on the AVX2
+//! kernel or the portable scalar one. Activations stay f32; weights are dequantized
+//! exactly as `dequantize` does (scale · q) and multiplied in.
+
+use super::{dequant, Int8Matrix};
+use crate::isa::{detect, Isa};
+use crate::matmul::{check_io, run};
+
+/// out[tok*N + r] = Σ_c W[r, c] · x[tok*K + c] (f32 sums) for x of t tokens (t x K) and out
+/// t x N, both row-major; runs on the current rayon pool.
+///
+/// Panics if `x.len() != t*K` or `out.len() != t*N`.
+pub fn matmul(w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    matmul_with(detect(), w, x, t, out);
+}
+
+/// `matmul` on the portable scalar path whatever the CPU (the fallback, for comparison).
+///
+/// Panics if `x.len() != t*K` or `out.len() != t*N`.
+pub fn matmul_scalar(w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    matmul_with(Isa::Scalar, w, x, t, out);
+}
+
+/// `matmul` on a chosen kernel family (tests force the scalar one).
+fn matmul_with(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    check_io("int8 matmul", w.n(), w.k(), x, t, out);
+    run(w.n(), w.k(), w.bytes() / w.n().max(1), t, out, |r0, t0, outs| run_task(isa, w, x, r0, t0, outs));
+}
+
+/// One task of `matmul::run`: rows r0.. for tokens t0.. (see there).
+fn run_task(isa: Isa, w: &Int8Matrix, x: &[f32], r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    match isa {
+        // SAFETY: Isa::Avx2 means the CPU has avx2/fma/f16c; the kernel asserts the bounds
+        // it relies on.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { crate::x86::int8::task(w, x, r0, t0, outs) },
+        Isa::Scalar => {
+            for (i, out) in outs.iter_mut().enumerate() {
+                for (j, y) in out.iter_mut().enumerate() {
+                    *y = scalar_dot(w, x, r0 + j, t0 + i);
+                }
+            }
+        }
+    }
+}
+
+/// One (row, token) output: Σ_c dequant(W)[r, c] · x[tok, c] in f32.
+fn scalar_dot(w: &Int8Matrix, x: &[f32], r: usize, tok: usize) -> f32 {
+    let (k, g) = (w.k(), w.g());
+    let ng = k / g;
+    let codes = &w.codes()[r * k..(r + 1) * k];
+    let scales = &w.scales()[r * ng..(r + 1) * ng];
+    let xs = &x[tok * k..(tok + 1) * k];
+    let mut y = 0.0f32;
+    for ((cg, xg), s) in codes.chunks_exact(g).zip(xs.chunks_exact(g)).zip(scales) {
+        let s = s.to_f32();
+        y += cg.iter().zip(xg).map(|(&q, &xv)| dequant(s, q) * xv).sum::<f32>();
+    }
+    y
+}

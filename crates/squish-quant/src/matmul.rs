@@ -1,0 +1,68 @@
+//! Threading for the matmul entry points: splits the t x N output into tasks (a range of
+//! rows for a tile of tokens) on the current rayon pool. Tiny calls stay on the calling
+//! thread; decode (t = 1) splits rows of `out` directly, with no allocation.
+
+use rayon::prelude::*;
+
+/// Multiply-adds below which a task is not worth handing to another thread (a few µs).
+const MIN_TASK_MACS: usize = 1 << 17;
+/// Tasks aimed for per thread, so uneven progress still balances.
+const TASKS_PER_THREAD: usize = 4;
+/// Tokens per task at prefill: their int8 activations (64 x K bytes) stay in L1/L2 while a
+/// task's weight rows stream past once.
+const TOKEN_TILE: usize = 64;
+/// Rows per task are a multiple of the kernels' decode row tile.
+const ROW_ALIGN: usize = 8;
+/// Weight bytes a multi-token task's rows may take (half of a 512 KB-2 MB L2).
+const L2_BUDGET: usize = 256 << 10;
+
+/// Panics unless `x` is t x k and `out` is t x n.
+pub(crate) fn check_io(what: &str, n: usize, k: usize, x: &[f32], t: usize, out: &[f32]) {
+    assert_eq!(x.len(), t * k, "{what}: x has {} values, t*K = {t}*{k}", x.len());
+    assert_eq!(out.len(), t * n, "{what}: out has {} values, t*N = {t}*{n}", out.len());
+}
+
+/// Runs `task(r0, t0, outs)` over a partition of the output: `outs[i]` is the part of
+/// token `t0 + i`'s output row (length n, inside `out`, t x n) holding rows
+/// `r0 .. r0 + outs[i].len()`. Every (row, token) is in exactly one task. `row_bytes` is
+/// what one weight row occupies: with several tokens, a task's rows are kept within an L2
+/// budget, since the kernels stream them once per 8 tokens.
+pub(crate) fn run<F>(n: usize, k: usize, row_bytes: usize, t: usize, out: &mut [f32], task: F)
+where
+    F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
+{
+    if n == 0 || t == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let macs = n * k * t;
+    let parallel = threads > 1 && macs >= 2 * MIN_TASK_MACS;
+    let want = if parallel { (threads * TASKS_PER_THREAD).min(macs / MIN_TASK_MACS) } else { 1 };
+    if t == 1 {
+        if !parallel {
+            task(0, 0, &mut [out]);
+            return;
+        }
+        let rpc = n.div_ceil(want).next_multiple_of(ROW_ALIGN);
+        out.par_chunks_mut(rpc).enumerate().for_each(|(i, o)| task(i * rpc, 0, &mut [o]));
+        return;
+    }
+    let tt = t.min(TOKEN_TILE);
+    let n_tt = t.div_ceil(tt);
+    let max_rows = (L2_BUDGET / row_bytes.max(1)).max(ROW_ALIGN) / ROW_ALIGN * ROW_ALIGN;
+    let rpc = n.div_ceil(want.div_ceil(n_tt)).next_multiple_of(ROW_ALIGN).min(max_rows);
+    // Task (row chunk rc, token tile tt_i) at rc * n_tt + tt_i: neighbours share weight rows.
+    let n_rc = n.div_ceil(rpc);
+    let mut grid: Vec<Vec<&mut [f32]>> = (0..n_rc * n_tt).map(|_| Vec::with_capacity(tt)).collect();
+    for (tok, row) in out.chunks_mut(n).enumerate() {
+        for (rc, piece) in row.chunks_mut(rpc).enumerate() {
+            grid[rc * n_tt + tok / tt].push(piece);
+        }
+    }
+    let one = |(i, mut outs): (usize, Vec<&mut [f32]>)| task((i / n_tt) * rpc, (i % n_tt) * tt, &mut outs);
+    if parallel {
+        grid.into_par_iter().enumerate().for_each(one);
+    } else {
+        grid.into_iter().enumerate().for_each(one);
+    }
+}

@@ -1,0 +1,228 @@
+//! The matmul kernels against the scalar references on many shapes, on both paths (AVX2
+//! when the CPU has it, and the forced scalar fallback), and their invariances: the result
+//! for a token does not depend on the batch it came in or on the thread count.
+
+use super::util::{on_pool, Rng};
+use crate::act::ActQ8;
+use crate::isa::{detect, Isa};
+use crate::{int4, int8, Int4Matrix, Int8Matrix};
+
+const NS: [usize; 4] = [1, 3, 17, 1000];
+const KS: [usize; 4] = [64, 128, 576, 1536];
+const GS: [usize; 3] = [32, 64, 128];
+const TS: [usize; 4] = [1, 2, 7, 64];
+
+/// The kernel paths this machine can run.
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    if detect() != Isa::Scalar {
+        v.push(detect());
+    }
+    v
+}
+
+/// `matmul` on the path `isa` (the public entries: `matmul` takes the detected one).
+fn mm4(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    match isa {
+        Isa::Scalar => int4::matmul_scalar(w, x, t, out),
+        _ => int4::matmul(w, x, t, out),
+    }
+}
+
+fn mm8(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+    match isa {
+        Isa::Scalar => int8::matmul_scalar(w, x, t, out),
+        _ => int8::matmul(w, x, t, out),
+    }
+}
+
+/// Every shape of the grid, but the largest products only with few tokens (the f64
+/// references are slow).
+fn shapes() -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    NS.into_iter().flat_map(|n| {
+        KS.into_iter().flat_map(move |k| {
+            GS.into_iter().filter(move |g| k % g == 0).flat_map(move |g| {
+                TS.into_iter().filter(move |&t| n * k * t <= 20_000_000).map(move |t| (n, k, g, t))
+            })
+        })
+    })
+}
+
+/// Σ_c |W[r,c] x[tok,c]| per output: the scale of its rounding error.
+fn abs_dots(wd: &[f32], x: &[f32], n: usize, k: usize, t: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * t];
+    for tok in 0..t {
+        for r in 0..n {
+            let (wr, xr) = (&wd[r * k..(r + 1) * k], &x[tok * k..(tok + 1) * k]);
+            out[tok * n + r] = wr.iter().zip(xr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+        }
+    }
+    out
+}
+
+/// Data for one shape: random weights quantized (so scales and mins are realistic), and
+/// activations with a few outlier channels like a real model's.
+fn int4_case(n: usize, k: usize, g: usize, t: usize, seed: u64) -> (int4::Int4Owned, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let w = rng.gauss_vec(n * k, 0.05);
+    let mut x = rng.gauss_vec(t * k, 1.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        if i % k % 97 == 13 {
+            *v *= 20.0;
+        }
+    }
+    (int4::quantize(&w, n, k, g, None), x)
+}
+
+/// Bound on |exact - activation-quantized| per output: each input is off by at most half
+/// its block's scale, times |scale · q| (the min term uses exact sums).
+fn act_quant_bound(w: &Int4Matrix, x: &[f32], t: usize) -> Vec<f64> {
+    let (n, k, g) = (w.n(), w.k(), w.g());
+    let mut a = ActQ8::default();
+    a.quantize(Isa::Scalar, x, t, k, g);
+    let mut out = vec![0.0; n * t];
+    for tok in 0..t {
+        for r in 0..n {
+            out[tok * n + r] = (0..k)
+                .map(|c| {
+                    let s = w.scales()[r * (k / g) + c / g].to_f32() as f64;
+                    (s * w.code(r, c) as f64).abs() * a.scale(tok, c / 32) as f64 * 0.5
+                })
+                .sum::<f64>();
+        }
+    }
+    out
+}
+
+#[test]
+fn int4_kernels_match_the_references() {
+    let mut worst_rel = 0.0f64;
+    let (mut err2, mut ref2) = (0.0f64, 0.0f64);
+    for (case, (n, k, g, t)) in shapes().enumerate() {
+        let (q, x) = int4_case(n, k, g, t, case as u64);
+        let w = q.view();
+        let (mut exact, mut q8) = (vec![0.0; t * n], vec![0.0; t * n]);
+        int4::matmul_ref(&w, &x, t, &mut exact);
+        int4::matmul_ref_q8(&w, &x, t, &mut q8);
+        let scale = abs_dots(&int4::dequantize(&w), &x, n, k, t);
+        let bound = act_quant_bound(&w, &x, t);
+        for isa in isas() {
+            let mut out = vec![f32::NAN; t * n];
+            mm4(isa, &w, &x, t, &mut out);
+            for i in 0..t * n {
+                let (y, yq, ye) = (out[i] as f64, q8[i] as f64, exact[i] as f64);
+                let tol = 1e-4 * scale[i] + 1e-30;
+                assert!((y - yq).abs() <= tol, "{isa:?} n{n} k{k} g{g} t{t} [{i}]: {y} vs q8 ref {yq}");
+                assert!(
+                    (y - ye).abs() <= bound[i] * 1.001 + tol,
+                    "{isa:?} n{n} k{k} g{g} t{t} [{i}]: {y} vs exact {ye}, bound {}",
+                    bound[i]
+                );
+                worst_rel = worst_rel.max((y - yq).abs() / scale[i].max(1e-30));
+                err2 += (y - ye).powi(2);
+                ref2 += ye.powi(2);
+            }
+        }
+    }
+    eprintln!(
+        "int4 kernels: worst |Δ| vs q8 ref {worst_rel:.2e} of Σ|wx|; vs exact rel RMS {:.2e}",
+        (err2 / ref2).sqrt()
+    );
+}
+
+#[test]
+fn int8_kernels_match_the_reference() {
+    let mut worst_rel = 0.0f64;
+    for (case, (n, k, g, t)) in shapes().enumerate() {
+        let mut rng = Rng::new(100 + case as u64);
+        let wf = rng.gauss_vec(n * k, 0.05);
+        let x = rng.gauss_vec(t * k, 1.0);
+        let q = int8::quantize(&wf, n, k, g, None);
+        let w = q.view();
+        let mut exact = vec![0.0; t * n];
+        int8::matmul_ref(&w, &x, t, &mut exact);
+        let scale = abs_dots(&int8::dequantize(&w), &x, n, k, t);
+        for isa in isas() {
+            let mut out = vec![f32::NAN; t * n];
+            mm8(isa, &w, &x, t, &mut out);
+            for i in 0..t * n {
+                let d = (out[i] as f64 - exact[i] as f64).abs();
+                assert!(d <= 1e-4 * scale[i] + 1e-30, "{isa:?} n{n} k{k} g{g} t{t} [{i}]: {} vs {}", out[i], exact[i]);
+                worst_rel = worst_rel.max(d / scale[i].max(1e-30));
+            }
+        }
+    }
+    eprintln!("int8 kernels: worst |Δ| vs exact {worst_rel:.2e} of Σ|wx|");
+}
+
+/// A token's output is bit-identical whether it is decoded alone or in a batch (here two
+/// token tiles, 64 + 13), and whatever the thread count: every (row, token) is summed in
+/// the same order by every tile.
+#[test]
+fn results_do_not_depend_on_batching_or_threads() {
+    let (n, k, g, t) = (1000, 576, 64, 77);
+    let (q4, x) = int4_case(n, k, g, t, 7);
+    let q8 = int8::quantize(&Rng::new(8).gauss_vec(n * k, 0.05), n, k, 32, None);
+    for isa in isas() {
+        let run4 = |x: &[f32], t: usize| {
+            let mut o = vec![0.0; t * n];
+            mm4(isa, &q4.view(), x, t, &mut o);
+            o
+        };
+        let run8 = |x: &[f32], t: usize| {
+            let mut o = vec![0.0; t * n];
+            mm8(isa, &q8.view(), x, t, &mut o);
+            o
+        };
+        for run in [&run4 as &(dyn Fn(&[f32], usize) -> Vec<f32> + Sync), &run8] {
+            let batch = on_pool(2, || run(&x, t));
+            assert_eq!(batch, on_pool(1, || run(&x, t)), "{isa:?}: thread count changed the result");
+            for tok in 0..t {
+                let single = on_pool(2, || run(&x[tok * k..(tok + 1) * k], 1));
+                assert_eq!(&batch[tok * n..(tok + 1) * n], &single[..], "{isa:?}: token {tok}");
+            }
+        }
+    }
+}
+
+/// The activation quantization's cost in accuracy, relative to the exact product: small
+/// for Gaussian activations, larger with outlier channels (which coarsen their blocks).
+/// Measured: 0.45% and 3.2% relative RMS.
+#[test]
+fn activation_quantization_error() {
+    let (n, k, g, t) = (512, 1536, 64, 8);
+    let (q, x_outliers) = int4_case(n, k, g, t, 9);
+    let x_plain = Rng::new(10).gauss_vec(t * k, 1.0);
+    for (x, bound) in [(&x_plain, 0.006), (&x_outliers, 0.04)] {
+        let (mut exact, mut out) = (vec![0.0; t * n], vec![0.0; t * n]);
+        int4::matmul_ref(&q.view(), x, t, &mut exact);
+        int4::matmul(&q.view(), x, t, &mut out);
+        let e = super::util::rel_rms(&exact, &out);
+        eprintln!("int4 matmul vs exact: rel RMS {e:.4} (bound {bound})");
+        assert!(e < bound);
+    }
+}
+
+#[test]
+fn empty_products_are_fine() {
+    let q = int4::quantize(&[], 0, 64, 32, None);
+    int4::matmul(&q.view(), &[0.0; 64], 1, &mut []);
+    let q = int4::quantize(&[0.5; 64], 1, 64, 32, None);
+    int4::matmul(&q.view(), &[], 0, &mut []);
+    let w = Int8Matrix::new(&[], &[], 0, 32, 32).expect("empty view");
+    int8::matmul(&w, &[1.0; 64], 2, &mut []);
+}
+
+#[test]
+#[should_panic(expected = "int4 matmul: x has")]
+fn int4_matmul_checks_x() {
+    let q = int4::quantize(&[0.5; 128], 2, 64, 32, None);
+    int4::matmul(&q.view(), &[0.0; 65], 1, &mut [0.0; 2]);
+}
+
+#[test]
+#[should_panic(expected = "int8 matmul: out has")]
+fn int8_matmul_checks_out() {
+    let q = int8::quantize(&[0.5; 128], 2, 64, 32, None);
+    int8::matmul(&q.view(), &[0.0; 64], 1, &mut [0.0; 3]);
+}

@@ -1,0 +1,8 @@
+//! The crate's tests, one file per concern; `util` holds the shared random data helpers.
+
+mod act;
+mod int4_quant;
+mod int8_quant;
+mod kernels;
+mod layout;
+mod util;

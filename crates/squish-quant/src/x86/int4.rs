@@ -1,0 +1,283 @@
+//! AVX2 INT4 x int8 kernel for one task of the matmul (a range of rows for a range of
+//! tokens), in tiles of 8 rows x 1 token (decode) or 1 row x 8 tokens (prefill).
+//!
+//! Per 32-input block, `maddubs(codes u8, acts i8)` then `madd(.., 1)` gives 8 i32
+//! partial dots, converted and FMA'd with (activation block scale · group scale) into the
+//! (row, token) accumulator; those products are computed a chunk of blocks ahead into a
+//! stack buffer, so the inner loop only broadcasts them. Per group, `min · Σx` and
+//! `scale · 7.5 · Σ(x - x̂)` (see `act::CODE_CENTER`) run across rows or tokens. Every
+//! (row, token) goes through the same operations in the same order whatever the tile, so
+//! results do not depend on batch size or thread count.
+
+use super::hsum;
+use crate::act::ActQ8;
+use crate::int4::Int4Matrix;
+use core::arch::x86_64::*;
+
+/// Rows ahead whose codes, scales and mins decode tiles prefetch (two 8-row tiles, ~4.6 KB
+/// at K = 576): one core's hardware prefetch alone left half the bandwidth unused.
+const PREFETCH: usize = 16;
+
+/// 32-input blocks whose scale products are computed at once (2 KB of stack).
+const CHUNK: usize = 64;
+
+/// Shapes and base pointers shared by a task's tiles (divisions done once).
+struct Ctx {
+    k: usize,
+    ng: usize,
+    nb: usize,
+    bpg: usize,
+    tp: usize,
+    codes: *const u8,
+    scales: *const u16,
+    mins: *const u16,
+    q: *const i8,
+    d: *const f32,
+    sx: *const f32,
+    rc: *const f32,
+}
+
+/// Fills `outs[i][j]` with W x for row r0 + j and token t0 + i (see `matmul::run`).
+///
+/// SAFETY: avx2, fma and f16c present. The asserts check every bound the pointer
+/// arithmetic relies on (with `Int4Matrix::new`'s guarantee that its slices fit n, k, g).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    let (rows, toks) = (outs[0].len(), outs.len());
+    let (k, g) = (w.k(), w.g());
+    let (ng, nb) = (k / g, k / 32);
+    assert!(outs.iter().all(|o| o.len() == rows));
+    assert!(r0 + rows <= w.n() && t0 + toks <= a.t && a.k == k && a.g == g);
+    assert!(a.tp == a.t.next_multiple_of(8));
+    assert!(a.q.len() == a.t * k && a.d.len() == nb * a.tp);
+    assert!(a.sx.len() == ng * a.tp && a.rc.len() == ng * a.tp);
+    // Multi-token tiles read 8 tokens' block scales and group sums at once: from
+    // t0 % 8 == 0 on, those reads stay below tp.
+    assert!(toks == 1 || t0 % 8 == 0);
+    let c = Ctx {
+        k,
+        ng,
+        nb,
+        bpg: g / 32,
+        tp: a.tp,
+        codes: w.codes().as_ptr(),
+        // f16 is a transparent u16.
+        scales: w.scales().as_ptr().cast(),
+        mins: w.mins().as_ptr().cast(),
+        q: a.q.as_ptr(),
+        d: a.d.as_ptr(),
+        sx: a.sx.as_ptr(),
+        rc: a.rc.as_ptr(),
+    };
+    if toks == 1 {
+        let mut r = 0;
+        while r + 8 <= rows {
+            put::<8, 1>(&c, r0, t0, outs, r, 0);
+            r += 8;
+        }
+        match rows - r {
+            7 => put_cold::<7, 1>(&c, r0, t0, outs, r, 0),
+            6 => put_cold::<6, 1>(&c, r0, t0, outs, r, 0),
+            5 => put_cold::<5, 1>(&c, r0, t0, outs, r, 0),
+            4 => put_cold::<4, 1>(&c, r0, t0, outs, r, 0),
+            3 => put_cold::<3, 1>(&c, r0, t0, outs, r, 0),
+            2 => put_cold::<2, 1>(&c, r0, t0, outs, r, 0),
+            1 => put_cold::<1, 1>(&c, r0, t0, outs, r, 0),
+            _ => {}
+        }
+    } else {
+        // Tokens outer: 8 tokens' activations stay in L1 while the task's weight rows
+        // (in L2) stream past.
+        let mut t = 0;
+        while t + 8 <= toks {
+            for r in 0..rows {
+                put::<1, 8>(&c, r0, t0, outs, r, t);
+            }
+            t += 8;
+        }
+        for r in 0..rows {
+            match toks - t {
+                7 => put_cold::<1, 7>(&c, r0, t0, outs, r, t),
+                6 => put_cold::<1, 6>(&c, r0, t0, outs, r, t),
+                5 => put_cold::<1, 5>(&c, r0, t0, outs, r, t),
+                4 => put_cold::<1, 4>(&c, r0, t0, outs, r, t),
+                3 => put_cold::<1, 3>(&c, r0, t0, outs, r, t),
+                2 => put_cold::<1, 2>(&c, r0, t0, outs, r, t),
+                1 => put_cold::<1, 1>(&c, r0, t0, outs, r, t),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Computes the tile at (r0 + ro, t0 + to) and stores it into `outs`.
+#[inline(always)]
+unsafe fn put<const R: usize, const T: usize>(
+    c: &Ctx,
+    r0: usize,
+    t0: usize,
+    outs: &mut [&mut [f32]],
+    ro: usize,
+    to: usize,
+) {
+    let y = tile::<R, T>(c, r0 + ro, t0 + to);
+    if T == 1 {
+        let col: [f32; R] = core::array::from_fn(|r| y[r][0]);
+        outs[to][ro..ro + R].copy_from_slice(&col);
+    } else {
+        for (t, out) in outs[to..to + T].iter_mut().enumerate() {
+            out[ro] = y[0][t];
+        }
+    }
+}
+
+/// `put` for the edge tiles, kept out of line so only the two main tiles are inlined.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(never)]
+unsafe fn put_cold<const R: usize, const T: usize>(
+    c: &Ctx,
+    r0: usize,
+    t0: usize,
+    outs: &mut [&mut [f32]],
+    ro: usize,
+    to: usize,
+) {
+    put::<R, T>(c, r0, t0, outs, ro, to);
+}
+
+/// Rows r0..r0+R, tokens t0..t0+T, as [row][token]; R <= 8 and T = 1, or R = 1, T <= 8.
+#[inline(always)]
+unsafe fn tile<const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) -> [[f32; T]; R] {
+    let (k, hk) = (c.k, c.k / 2);
+    let codes = c.codes.add(r0 * hk);
+    let q = c.q.add(t0 * k);
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+
+    if T == 1 {
+        // The next tile's scales and mins: R*ng f16 each, contiguous.
+        let (sc, mn) = (c.scales.wrapping_add((r0 + PREFETCH) * c.ng), c.mins.wrapping_add((r0 + PREFETCH) * c.ng));
+        for i in (0..R * c.ng).step_by(32) {
+            _mm_prefetch::<_MM_HINT_T0>(sc.wrapping_add(i).cast());
+            _mm_prefetch::<_MM_HINT_T0>(mn.wrapping_add(i).cast());
+        }
+    }
+    let mut tot = [[_mm256_setzero_ps(); T]; R];
+    // Σ_groups (min · Σx + scale · centred residual), lane = row (T = 1) or token.
+    let mut extra = _mm256_setzero_ps();
+    // prod[b][lane]: activation scale · group scale of block b0 + b, lane = row (T = 1) or
+    // token. Uninitialized (zeroing 2 KB per tile costs more than the tile's products):
+    // only entries `products` wrote are read.
+    let mut prod = core::mem::MaybeUninit::<[[f32; 8]; CHUNK]>::uninit();
+    let prod = prod.as_mut_ptr().cast::<[f32; 8]>();
+    // The group of the next block, and how many of its blocks are left.
+    let (mut grp, mut left) = (0, c.bpg);
+    let mut b0 = 0;
+    while b0 < c.nb {
+        // nb and CHUNK are even: chunks hold whole 64-input blocks.
+        let cnt = CHUNK.min(c.nb - b0);
+        products::<R, T>(c, r0, t0, prod, b0, cnt, &mut grp, &mut left, &mut extra);
+        for b in (0..cnt).step_by(2) {
+            let blk = b0 + b;
+            for r in 0..R {
+                if T == 1 && b % 4 == 0 {
+                    // Prefetching past the matrix is harmless (no fault, no effect).
+                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((r + PREFETCH) * hk + blk * 16).cast());
+                }
+                let v = _mm256_loadu_si256(codes.add(r * hk + blk * 16).cast());
+                let lo = _mm256_and_si256(v, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                for t in 0..T {
+                    let lane = if T == 1 { r } else { t };
+                    let x = q.add(t * k + blk * 32);
+                    let p = prod.add(b).cast::<f32>().add(lane);
+                    dot_block(lo, x, p, ones, &mut tot[r][t]);
+                    dot_block(hi, x.add(32), p.add(8), ones, &mut tot[r][t]);
+                }
+            }
+        }
+        b0 += cnt;
+    }
+    let mut m = [0.0f32; 8];
+    _mm256_storeu_ps(m.as_mut_ptr(), extra);
+    let mut res = [[0.0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum(tot[r][t]) + m[if T == 1 { r } else { t }];
+        }
+    }
+    res
+}
+
+/// The f16 at `p[r * stride + i]` for rows r < R as f32 lanes (zero past R).
+#[inline(always)]
+unsafe fn gather_rows<const R: usize>(p: *const u16, stride: usize, i: usize) -> __m256 {
+    let h = |r: usize| if r < R { *p.add(r * stride + i) as i16 } else { 0 };
+    _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
+}
+
+/// Fills `prod[..cnt]` for blocks b0..b0+cnt: one f32 multiply per (block, row or token),
+/// the same rounding whichever way the lanes run. `grp` is block b0's group and `left`
+/// how many of its blocks remain; both are advanced past the chunk. Each group entered
+/// adds min · Σx + scale · centred residual to `extra` (two FMAs, in the same order for
+/// either lane layout).
+///
+/// SAFETY: `prod` is valid for `cnt <= CHUNK` writes of [f32; 8].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn products<const R: usize, const T: usize>(
+    c: &Ctx,
+    r0: usize,
+    t0: usize,
+    prod: *mut [f32; 8],
+    b0: usize,
+    cnt: usize,
+    grp: &mut usize,
+    left: &mut usize,
+    extra: &mut __m256,
+) {
+    let (bpg, tp, d) = (c.bpg, c.tp, c.d.add(t0));
+    let (scales, mins) = (c.scales.add(r0 * c.ng), c.mins.add(r0 * c.ng));
+    // A row's f16 value of group `grp`, as lanes: rows (T = 1) or one row for all tokens.
+    let lanes_w = |p: *const u16, grp: usize| {
+        if T == 1 {
+            gather_rows::<R>(p, c.ng, grp)
+        } else {
+            _mm256_cvtph_ps(_mm_set1_epi16(*p.add(grp) as i16))
+        }
+    };
+    // An activation value of group (or block) `i`, as lanes: one token, or 8 tokens.
+    let lanes_x = |p: *const f32, i: usize| {
+        if T == 1 {
+            _mm256_set1_ps(*p.add(i * tp + t0))
+        } else {
+            _mm256_loadu_ps(p.add(i * tp + t0))
+        }
+    };
+    let enter = |grp: usize, s: __m256, extra: &mut __m256| {
+        *extra = _mm256_fmadd_ps(lanes_w(mins, grp), lanes_x(c.sx, grp), *extra);
+        *extra = _mm256_fmadd_ps(s, lanes_x(c.rc, grp), *extra);
+    };
+    let mut s = lanes_w(scales, *grp);
+    if *left == bpg {
+        enter(*grp, s, extra);
+    }
+    for b in 0..cnt {
+        if *left == 0 {
+            (*grp, *left) = (*grp + 1, bpg);
+            s = lanes_w(scales, *grp);
+            enter(*grp, s, extra);
+        }
+        let _ = d;
+        _mm256_storeu_ps(prod.add(b).cast(), _mm256_mul_ps(s, lanes_x(c.d, b0 + b)));
+        *left -= 1;
+    }
+}
+
+/// acc += f32(Σ pairs of codes `v` (32 x u4) · the 32 int8 codes at `x`) · *scale.
+#[inline(always)]
+unsafe fn dot_block(v: __m256i, x: *const i8, scale: *const f32, ones: __m256i, acc: &mut __m256) {
+    // u4 x i8 pairs: at most 2·15·127 per i16 lane, so maddubs never saturates.
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(v, _mm256_loadu_si256(x.cast())), ones);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*scale), *acc);
+}

@@ -1,0 +1,17 @@
+//! The AVX2+FMA+F16C kernels (x86-64 only). Every function here is `unsafe`: callers hold
+//! `Isa::Avx2` (the features were detected) and pass slices that fit the shapes.
+
+pub(crate) mod act;
+pub(crate) mod int4;
+pub(crate) mod int8;
+
+use core::arch::x86_64::*;
+
+/// Sum of the 8 lanes.
+#[inline(always)]
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}

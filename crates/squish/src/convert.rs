@@ -1,0 +1,107 @@
+//! `squish convert`: compress a model into a squish directory.
+
+use crate::setup;
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use squish_model::convert::{self, ConvertOptions, Progress, Scheme};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum To {
+    /// 4-bit codes, a scale and a min per group (default group 64: 4.5 bits/weight)
+    Int4,
+    /// 8-bit symmetric codes, a scale per group (default group 32: 8.5 bits/weight)
+    Int8,
+    F16,
+    Bf16,
+    F32,
+}
+
+impl To {
+    fn scheme(self) -> Scheme {
+        match self {
+            To::Int4 => Scheme::Int4,
+            To::Int8 => Scheme::Int8,
+            To::F16 => Scheme::F16,
+            To::Bf16 => Scheme::Bf16,
+            To::F32 => Scheme::F32,
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  squish convert ~/.cache/squish/models/SmolLM2-135M-Instruct.Q4_1.gguf --to int4 -o smollm2-int4
+  squish convert ./Qwen2.5-0.5B-Instruct --to int4 --calib notes.txt -o qwen-int4
+  squish run smollm2-int4")]
+pub struct ConvertArgs {
+    /// A Hugging Face model directory or a .gguf file
+    pub source: PathBuf,
+    /// The scheme for weight matrices (norms and biases stay f32)
+    #[arg(long, value_enum)]
+    pub to: To,
+    /// Inputs per scale (and min); a multiple of 32 [default: 64 for int4, 32 for int8]
+    #[arg(long)]
+    pub group_size: Option<usize>,
+    /// Scheme for the token embeddings and LM head [default: the same as --to]
+    #[arg(long, value_enum)]
+    pub embedding: Option<To>,
+    /// Calibration text: weights rounding errors by how strongly each input channel fires (activation-aware); without it, all channels weigh the same
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Most calibration tokens to use
+    #[arg(long, default_value_t = 8192)]
+    pub calib_tokens: usize,
+    /// The output directory
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace the output directory if it exists
+    #[arg(long)]
+    pub force: bool,
+    /// CPU threads [default: all cores]
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(args: ConvertArgs) -> Result<()> {
+    setup::device("cpu", args.threads)?;
+    let scheme = args.to.scheme();
+    let opts = ConvertOptions {
+        scheme,
+        group_size: args.group_size,
+        embedding_scheme: args.embedding.map(To::scheme),
+        calib: args.calib.clone(),
+        calib_tokens: args.calib_tokens,
+        force: args.force,
+    };
+    let calib_bar = setup::progress_bar(0, "calibrating {bar:30} {pos}/{len} tokens {elapsed}<{eta}");
+    let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} tensors {elapsed}<{eta} {msg}");
+    let summary = convert::convert(&args.source, &args.output, &opts, &mut |p| match p {
+        Progress::Calibrating { tokens, total } => {
+            calib_bar.set_length(total as u64);
+            calib_bar.set_position(tokens as u64);
+        }
+        Progress::Tensor { index, total, name } => {
+            calib_bar.finish_and_clear();
+            bar.set_length(total as u64);
+            bar.set_position(index as u64);
+            bar.set_message(name.to_string());
+        }
+    });
+    bar.finish_and_clear();
+    let s = summary?;
+    let mb = |b: u64| b as f64 / 1e6;
+    println!("converted {} -> {} ({})", args.source.display(), args.output.display(), scheme.name());
+    println!("  tensors          {}", s.tensors);
+    println!("  parameters       {:.1} M", s.parameters as f64 / 1e6);
+    println!("  bits/weight      {:.3} (codes, scales, mins and dense tensors over all parameters)", s.bits_per_weight);
+    println!("  size             {:.1} MB -> {:.1} MB", mb(s.source_bytes), mb(s.output_bytes));
+    if s.calib_tokens > 0 {
+        println!("  calibration      {} tokens", s.calib_tokens);
+    }
+    for (name, note) in &s.fallbacks {
+        println!("  note             {name}: {note}");
+    }
+    println!("  time             {:.1} s", s.seconds);
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `squish eval`: perplexity over a text file, comparable with llama.cpp's llama-perplexity.
+
+use crate::{default_model, setup};
+use anyhow::{Context, Result};
+use clap::Args;
+use squish_engine::perplexity;
+use squish_format::{read_manifest, write_manifest, MANIFEST_FILE};
+use squish_model::Model;
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(after_help = "Scoring follows llama-perplexity: consecutive windows of --ctx tokens, BOS first where the
+model uses one, the second half of each window scored. Example:
+  squish eval smollm2-int4 --text ../shared/corpora/dev-corpus.txt --ctx 512 --chunks 40")]
+pub struct EvalArgs {
+    /// The model [default: the default model]
+    pub model: Option<PathBuf>,
+    /// The text to score
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per window
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Score at most this many windows [default: all the text holds]
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Print a JSON report
+    #[arg(long)]
+    pub json: bool,
+    /// CPU threads [default: all cores]
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Where to run: auto, cpu, cuda, cuda:N, metal
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let (device, _) = setup::device(&args.device, args.threads)?;
+    let path = default_model::resolve(args.model.clone())?;
+    let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}", args.text.display()))?;
+    let model = Model::load(&path, &device, Some(args.ctx.max(8)))?;
+    let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} windows {elapsed}<{eta}");
+    let r = perplexity(&model, &text, args.ctx, args.chunks, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let r = r?;
+    let report = serde_json::json!({
+        "model": path.display().to_string(),
+        "text": args.text.display().to_string(),
+        "text_sha256": squish_format::sha256_file(&args.text)?,
+        "ctx": r.ctx,
+        "windows": r.windows,
+        "tokens_scored": r.tokens_scored,
+        "ppl": r.ppl,
+        "ppl_stderr": r.ppl_stderr,
+        "seconds": r.seconds,
+    });
+    if path.join(MANIFEST_FILE).is_file() {
+        let mut manifest = read_manifest(&path)?;
+        manifest.quality = Some(report.clone());
+        write_manifest(&path, &manifest)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "PPL {:.4} +/- {:.4} over {} tokens ({} windows of {}) in {:.1} s",
+            r.ppl, r.ppl_stderr, r.tokens_scored, r.windows, r.ctx, r.seconds
+        );
+    }
+    Ok(())
+}

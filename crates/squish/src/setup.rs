@@ -1,0 +1,21 @@
+//! What every model-running subcommand does first: CPU threads, then the device.
+
+use anyhow::Result;
+use squish_backend::{Device, DeviceRequest};
+
+/// Sets the thread count (default: all cores) and opens the device.
+pub fn device(device: &str, threads: Option<usize>) -> Result<(Device, usize)> {
+    let request: DeviceRequest = device.parse()?;
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    squish_backend::configure_threads(threads);
+    Ok((squish_backend::open_device(request)?, threads))
+}
+
+/// A progress bar on stderr in squish's style; hidden when stderr is not a terminal.
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
