@@ -50,6 +50,9 @@ pub(crate) struct TokenOut<'a> {
     pub rc: &'a mut [f32],
 }
 
+/// One token's input and output slices, as the zipped chunk iterators yield them.
+type Parts<'a> = ((((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]);
+
 /// Below this many inputs one thread quantizes (splitting costs more than it saves).
 const PAR_MIN_ELEMS: usize = 1 << 16;
 
@@ -64,9 +67,7 @@ impl ActQ8 {
         self.rctok.resize(t * ng, 0.0);
         (self.t, self.k, self.g, self.tp) = (t, k, g, tp);
 
-        let one = |((((x, q), d), sx), rc): ((((&[f32], &mut [i8]), &mut [f32]), &mut [f32]), &mut [f32])| {
-            quantize_token(isa, x, g, TokenOut { q, d, sx, rc })
-        };
+        let one = |((((x, q), d), sx), rc): Parts| quantize_token(isa, x, g, TokenOut { q, d, sx, rc });
         if t * k < PAR_MIN_ELEMS {
             let it = x.chunks(k).zip(self.q.chunks_mut(k)).zip(self.dtok.chunks_mut(nb));
             it.zip(self.sxtok.chunks_mut(ng)).zip(self.rctok.chunks_mut(ng)).for_each(one);

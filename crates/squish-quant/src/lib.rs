@@ -1,14 +1,24 @@
 //! Quantization maths on plain slices: one module per scheme (layout, quantizer, scalar
 //! reference, SIMD kernels). Knows nothing of tensors, files or models.
 //!
-//! - [`int4`]: asymmetric 4-bit, group-wise (scale and min per group); its matmul quantizes
-//!   activations to int8 per block of 32 and uses integer dot products.
-//! - [`int8`]: symmetric 8-bit, group-wise (scale per group); its matmul keeps activations
-//!   in f32.
+//! - [`int4`]: asymmetric 4-bit, group-wise (f16 scale and min per group of g inputs).
+//!   Its matmul quantizes each token's activations to int8 per block of 32 (absmax/127,
+//!   f32 scale; llama.cpp's Q4_1 x Q8_1) and multiplies with integer dot products; exact
+//!   per-group sums of x carry the min term, and a per-group residual term cancels most of
+//!   the activation rounding error (`act::CODE_CENTER`).
+//! - [`int8`]: symmetric 8-bit, group-wise (f16 scale per group); its matmul keeps
+//!   activations in f32.
 //!
-//! Kernels take borrowed views (`Int4Matrix`, `Int8Matrix`) of slices, such as an mmapped
-//! file's, and run on the current rayon pool. AVX2+FMA+F16C is detected at run time; other
-//! CPUs use a portable scalar path computing the same sums.
+//! Both have a quantizer (clipping search, optional per-input-channel importance), a
+//! dequantizer, an exact scalar reference matmul and the fast matmul. Kernels take borrowed
+//! views ([`Int4Matrix`], [`Int8Matrix`]) of slices such as an mmapped file's, run on the
+//! current rayon pool (calls too small to split stay on the calling thread), and
+//! allocate nothing per decode call once warm. AVX2+FMA+F16C is detected at run time;
+//! other CPUs run a portable scalar path computing the same sums. A token's result does not
+//! depend, bit for bit, on the batch it comes in or on the thread count.
+
+// `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+#![allow(clippy::manual_is_multiple_of)]
 
 mod act;
 mod error;

@@ -1,7 +1,7 @@
 //! Activation statistics for activation-aware quantization: the model runs over calibration
-//! text and, for every linear layer's input, records the mean square of each input channel.
-//! Quantizers then weight each weight's rounding error by how strongly its input channel
-//! fires, so the error that reaches the outputs is what gets minimised.
+//! text and, for every linear layer's input x, records E[x xᵀ] (the layer's Hessian for a
+//! squared output error). Its diagonal weights each weight's rounding error by how strongly
+//! its input channel fires; the whole matrix drives GPTQ's error feedback.
 
 use crate::{Model, ModelError, Observer, Tap};
 use candle_core::Tensor;
@@ -13,32 +13,38 @@ const WINDOW: usize = 512;
 
 #[derive(Default)]
 pub struct ActivationStats {
-    sums: HashMap<Tap, Vec<f64>>,
+    /// Σ x xᵀ per tap, features x features row-major.
+    grams: HashMap<Tap, Vec<f64>>,
     rows: HashMap<Tap, usize>,
     pub tokens: usize,
 }
 
 impl ActivationStats {
-    /// Mean square per input channel at `tap`, as importance weights.
-    pub fn importance(&self, tap: Tap) -> Option<Vec<f32>> {
-        let sums = self.sums.get(&tap)?;
+    /// E[x xᵀ] at `tap` (features x features).
+    pub fn hessian(&self, tap: Tap) -> Option<Vec<f64>> {
         let n = *self.rows.get(&tap)? as f64;
-        Some(sums.iter().map(|s| (s / n) as f32).collect())
+        Some(self.grams.get(&tap)?.iter().map(|s| s / n).collect())
+    }
+
+    /// E[x²] per input channel at `tap`, as importance weights.
+    pub fn importance(&self, tap: Tap) -> Option<Vec<f32>> {
+        let gram = self.grams.get(&tap)?;
+        let n = *self.rows.get(&tap)? as f64;
+        let k = (gram.len() as f64).sqrt() as usize;
+        Some((0..k).map(|i| (gram[i * k + i] / n) as f32).collect())
     }
 }
 
 impl Observer for ActivationStats {
     fn observe(&mut self, tap: Tap, x: &Tensor) -> Result<(), ModelError> {
-        let dims = x.dims();
-        let features = dims[dims.len() - 1];
-        let values = x.flatten_all()?.to_vec1::<f32>()?;
-        let sums = self.sums.entry(tap).or_insert_with(|| vec![0.0; features]);
-        for row in values.chunks_exact(features) {
-            for (s, v) in sums.iter_mut().zip(row) {
-                *s += f64::from(v * v);
-            }
+        let features = x.dim(candle_core::D::Minus1)?;
+        let x = x.reshape(((), features))?; // (t, features)
+        let gram = x.t()?.matmul(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let sums = self.grams.entry(tap).or_insert_with(|| vec![0.0; features * features]);
+        for (s, g) in sums.iter_mut().zip(gram) {
+            *s += f64::from(g);
         }
-        *self.rows.entry(tap).or_default() += values.len() / features;
+        *self.rows.entry(tap).or_default() += x.dim(0)?;
         Ok(())
     }
 }

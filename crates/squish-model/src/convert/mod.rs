@@ -117,9 +117,10 @@ pub fn convert(
     let weights = src.weights(&Device::Cpu);
     for (index, choice) in choices.iter().enumerate() {
         progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
-        let importance = stats.as_ref().zip(Tap::of_weight(&choice.spec.name)).and_then(|(s, tap)| s.importance(tap));
+        let tap = Tap::of_weight(&choice.spec.name);
+        let calib = stats.as_ref().zip(tap).map(|(s, tap)| (s, tap));
         let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
-        for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, importance.as_deref())) {
+        for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, calib)) {
             if writer.as_ref().is_none_or(ShardWriter::is_complete) {
                 if let Some(done) = writer.take() {
                     shards.push(done.finish()?);
@@ -193,12 +194,19 @@ pub fn convert(
     })
 }
 
-/// The stored bytes of each part of `choice`, in `parts()` order.
-fn encode(choice: &TensorChoice, data: &[f32], importance: Option<&[f32]>) -> Vec<Vec<u8>> {
+/// The stored bytes of each part of `choice`, in `parts()` order. With calibration
+/// statistics, int4 uses GPTQ and int8 the activation-weighted search.
+fn encode(choice: &TensorChoice, data: &[f32], calib: Option<(&calibrate::ActivationStats, Tap)>) -> Vec<Vec<u8>> {
     let shape = &choice.spec.shape;
+    let importance = calib.and_then(|(s, tap)| s.importance(tap));
+    let importance = importance.as_deref();
     match choice.storage {
         Storage::Int4 { group } => {
-            let (codes, scales, mins) = int4::quantize(data, shape[0], shape[1], group, importance).into_parts();
+            let q = match calib.and_then(|(s, tap)| s.hessian(tap)) {
+                Some(h) => int4::quantize_gptq(data, shape[0], shape[1], group, &h),
+                None => int4::quantize(data, shape[0], shape[1], group, importance),
+            };
+            let (codes, scales, mins) = q.into_parts();
             vec![codes, f16_bytes(&scales), f16_bytes(&mins)]
         }
         Storage::Int8 { group } => {

@@ -10,10 +10,12 @@
 //! - scales, mins: N*K/g f16 each, row-major (group index fastest).
 //! - w = scale * q + min, q in 0..=15. Bits per weight: 4 + 32/g.
 
+mod gptq;
 mod kernel;
 mod quant;
 mod reference;
 
+pub use gptq::quantize_gptq;
 pub use kernel::{matmul, matmul_scalar};
 pub use quant::{quantize, quantize_minmax, quantize_with_error};
 pub use reference::{matmul_ref, matmul_ref_q8};

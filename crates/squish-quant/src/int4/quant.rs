@@ -88,10 +88,10 @@ fn quantize_impl(
     (Int4Owned { codes, scales, mins, n, k, g }, err)
 }
 
-struct Fit {
-    scale: f16,
-    min: f16,
-    err: f64,
+pub(super) struct Fit {
+    pub(super) scale: f16,
+    pub(super) min: f16,
+    pub(super) err: f64,
 }
 
 /// Chooses one group's stored (scale, min), writes its codes into `q`, and returns the
@@ -101,7 +101,7 @@ struct Fit {
 /// rounded to f16, whose error for those same codes follows from the pass's sums. That
 /// error bounds the error once codes are recomputed for the rounded values (nearest codes
 /// only lower it), so candidates are compared by it; the final pass recomputes the codes.
-fn fit_group(w: &[f32], h: &[f32], search: Search, q: &mut [u8]) -> Fit {
+pub(super) fn fit_group(w: &[f32], h: &[f32], search: Search, q: &mut [u8]) -> Fit {
     let ones;
     let h = if h.iter().sum::<f32>() > 0.0 {
         h
@@ -209,7 +209,7 @@ impl Candidate {
 
 /// 1/s, or 0 for a zero scale (every code then rounds to 0: w ≈ min).
 #[inline(always)]
-fn inverse(s: f32) -> f32 {
+pub(super) fn inverse(s: f32) -> f32 {
     if s > 0.0 {
         1.0 / s
     } else {
@@ -221,7 +221,7 @@ fn inverse(s: f32) -> f32 {
 /// round to even by the magic-number trick, the selects become min/max), so the passes
 /// vectorize; an f32 -> int cast here would not.
 #[inline(always)]
-fn code(w: f32, m: f32, inv: f32) -> f32 {
+pub(super) fn code(w: f32, m: f32, inv: f32) -> f32 {
     let x = ((w - m) * inv + ROUND_MAGIC) - ROUND_MAGIC;
     let x = if x < 0.0 { 0.0 } else { x };
     if x > 15.0 {

@@ -22,10 +22,11 @@ pub fn matmul_ref(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     }
 }
 
-/// What the kernels compute, in f64 from the scalar activation quantizer: per group,
-/// scale · (Σ_blocks d_blk · (integer dot of codes and int8 activations) + 7.5 · Σ(x - x̂))
-/// + min · Σx, where x̂ = d_blk · (int8 code) (the residual term centres the codes, see
-/// `act::CODE_CENTER`). The kernels differ from it only by f32 rounding.
+/// What the kernels compute, in f64 from the scalar activation quantizer: the sum over
+/// groups of scale · (Σ_blocks d_blk · (integer dot of codes and int8 activations) +
+/// 7.5 · Σ(x - x̂)) plus min · Σx, where x̂ = d_blk · (int8 code); the residual term
+/// centres the codes (see `act::CODE_CENTER`). The kernels differ from it only by f32
+/// rounding.
 ///
 /// Panics if `x.len() != t*K` or `out.len() != t*N`.
 pub fn matmul_ref_q8(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {

@@ -64,10 +64,10 @@ fn quantize_impl(
     let rows = codes.par_chunks_mut(k).zip(scales.par_chunks_mut(ng));
     rows.zip(w.par_chunks(k)).zip(errs.par_iter_mut()).for_each(|(((codes, scales), w), err)| {
         *err = 0.0;
-        for gi in 0..ng {
-            let span = gi * g..(gi + 1) * g;
-            let (scale, e) = fit_group(&w[span.clone()], &h[span.clone()], search, &mut codes[span]);
-            scales[gi] = scale;
+        let groups = w.chunks_exact(g).zip(h.chunks_exact(g)).zip(codes.chunks_exact_mut(g));
+        for (((w, h), q), scale) in groups.zip(scales.iter_mut()) {
+            let (s, e) = fit_group(w, h, search, q);
+            *scale = s;
             *err += e;
         }
     });

@@ -3,7 +3,7 @@
 //! for a token does not depend on the batch it came in or on the thread count.
 
 use super::util::{on_pool, Rng};
-use crate::act::ActQ8;
+use crate::act::{ActQ8, CODE_CENTER};
 use crate::isa::{detect, Isa};
 use crate::{int4, int8, Int4Matrix, Int8Matrix};
 
@@ -75,7 +75,8 @@ fn int4_case(n: usize, k: usize, g: usize, t: usize, seed: u64) -> (int4::Int4Ow
 }
 
 /// Bound on |exact - activation-quantized| per output: each input is off by at most half
-/// its block's scale, times |scale · q| (the min term uses exact sums).
+/// its block's scale, times |scale · (q - 7.5)| (the min term uses exact sums, and the
+/// residual term turns q into q - CODE_CENTER).
 fn act_quant_bound(w: &Int4Matrix, x: &[f32], t: usize) -> Vec<f64> {
     let (n, k, g) = (w.n(), w.k(), w.g());
     let mut a = ActQ8::default();
@@ -86,7 +87,8 @@ fn act_quant_bound(w: &Int4Matrix, x: &[f32], t: usize) -> Vec<f64> {
             out[tok * n + r] = (0..k)
                 .map(|c| {
                     let s = w.scales()[r * (k / g) + c / g].to_f32() as f64;
-                    (s * w.code(r, c) as f64).abs() * a.scale(tok, c / 32) as f64 * 0.5
+                    let q = w.code(r, c) as f64 - CODE_CENTER as f64;
+                    (s * q).abs() * a.scale(tok, c / 32) as f64 * 0.5
                 })
                 .sum::<f64>();
         }

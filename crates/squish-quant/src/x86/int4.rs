@@ -236,41 +236,49 @@ unsafe fn products<const R: usize, const T: usize>(
     left: &mut usize,
     extra: &mut __m256,
 ) {
-    let (bpg, tp, d) = (c.bpg, c.tp, c.d.add(t0));
+    let bpg = c.bpg;
     let (scales, mins) = (c.scales.add(r0 * c.ng), c.mins.add(r0 * c.ng));
-    // A row's f16 value of group `grp`, as lanes: rows (T = 1) or one row for all tokens.
-    let lanes_w = |p: *const u16, grp: usize| {
-        if T == 1 {
-            gather_rows::<R>(p, c.ng, grp)
-        } else {
-            _mm256_cvtph_ps(_mm_set1_epi16(*p.add(grp) as i16))
-        }
-    };
-    // An activation value of group (or block) `i`, as lanes: one token, or 8 tokens.
-    let lanes_x = |p: *const f32, i: usize| {
-        if T == 1 {
-            _mm256_set1_ps(*p.add(i * tp + t0))
-        } else {
-            _mm256_loadu_ps(p.add(i * tp + t0))
-        }
-    };
-    let enter = |grp: usize, s: __m256, extra: &mut __m256| {
-        *extra = _mm256_fmadd_ps(lanes_w(mins, grp), lanes_x(c.sx, grp), *extra);
-        *extra = _mm256_fmadd_ps(s, lanes_x(c.rc, grp), *extra);
-    };
-    let mut s = lanes_w(scales, *grp);
+    let mut s = lanes_w::<R, T>(scales, c.ng, *grp);
     if *left == bpg {
-        enter(*grp, s, extra);
+        enter::<R, T>(c, mins, t0, *grp, s, extra);
     }
     for b in 0..cnt {
         if *left == 0 {
             (*grp, *left) = (*grp + 1, bpg);
-            s = lanes_w(scales, *grp);
-            enter(*grp, s, extra);
+            s = lanes_w::<R, T>(scales, c.ng, *grp);
+            enter::<R, T>(c, mins, t0, *grp, s, extra);
         }
-        let _ = d;
-        _mm256_storeu_ps(prod.add(b).cast(), _mm256_mul_ps(s, lanes_x(c.d, b0 + b)));
+        _mm256_storeu_ps(prod.add(b).cast(), _mm256_mul_ps(s, lanes_x::<T>(c.d, c.tp, t0, b0 + b)));
         *left -= 1;
+    }
+}
+
+/// Group `grp`'s `min · Σx + scale · centred residual`, added to `extra` (`s`: the scales).
+#[inline(always)]
+unsafe fn enter<const R: usize, const T: usize>(c: &Ctx, mins: *const u16, t0: usize, grp: usize, s: __m256, extra: &mut __m256) {
+    *extra = _mm256_fmadd_ps(lanes_w::<R, T>(mins, c.ng, grp), lanes_x::<T>(c.sx, c.tp, t0, grp), *extra);
+    *extra = _mm256_fmadd_ps(s, lanes_x::<T>(c.rc, c.tp, t0, grp), *extra);
+}
+
+/// A weight row's f16 value `i` as f32 lanes: R rows (T = 1, `p` the first row's, rows
+/// `stride` apart), or one row's for all tokens.
+#[inline(always)]
+unsafe fn lanes_w<const R: usize, const T: usize>(p: *const u16, stride: usize, i: usize) -> __m256 {
+    if T == 1 {
+        gather_rows::<R>(p, stride, i)
+    } else {
+        _mm256_cvtph_ps(_mm_set1_epi16(*p.add(i) as i16))
+    }
+}
+
+/// Activation value `i` (a block or group) of a transposed buffer (`i * tp + token`) as
+/// lanes: token t0's for all lanes (T = 1), or tokens t0..t0+8.
+#[inline(always)]
+unsafe fn lanes_x<const T: usize>(p: *const f32, tp: usize, t0: usize, i: usize) -> __m256 {
+    if T == 1 {
+        _mm256_set1_ps(*p.add(i * tp + t0))
+    } else {
+        _mm256_loadu_ps(p.add(i * tp + t0))
     }
 }
 

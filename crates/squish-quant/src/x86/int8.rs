@@ -1,7 +1,9 @@
 //! AVX2 INT8 x f32 kernel for one task of the matmul (a range of rows for a range of
 //! tokens), in tiles of 4 rows x 1 token (decode) or 1 row x 8 tokens (prefill). Each
 //! 8-weight slice is dequantized once (i8 -> i32 -> f32, times the group scale: exactly
-//! `dequantize`'s value) and FMA'd into the tile's token accumulators.
+//! `dequantize`'s value) and FMA'd into the tile's token accumulators. Every (row, token)
+//! sums in the same order whatever the tile, so results do not depend on batch size or
+//! thread count.
 
 use super::hsum;
 use crate::int8::Int8Matrix;
@@ -122,13 +124,18 @@ unsafe fn tile<const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) ->
         for r in 0..R {
             s[r] = _mm256_cvtph_ps(_mm_set1_epi16(*scales.add(r * c.ng + grp) as i16));
         }
-        for i in (grp * g..(grp + 1) * g).step_by(8) {
-            if T == 1 && i % 64 == 0 {
+        if T == 1 {
+            // Each 64-byte line of the rows PREFETCH ahead, once, as its group comes up.
+            let mut line = (grp * g).next_multiple_of(64);
+            while line < (grp + 1) * g {
                 for r in 0..R {
                     // Prefetching past the matrix is harmless (no fault, no effect).
-                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((r + PREFETCH) * k + i).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((r + PREFETCH) * k + line).cast());
                 }
+                line += 64;
             }
+        }
+        for i in (grp * g..(grp + 1) * g).step_by(8) {
             let mut wv = [_mm256_setzero_ps(); R];
             for r in 0..R {
                 let q = _mm_loadl_epi64(codes.add(r * k + i).cast());

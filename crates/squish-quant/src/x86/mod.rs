@@ -1,6 +1,9 @@
 //! The AVX2+FMA+F16C kernels (x86-64 only). Every function here is `unsafe`: callers hold
 //! `Isa::Avx2` (the features were detected) and pass slices that fit the shapes.
 
+// Tiles index their [row][token] accumulator arrays by both loop variables.
+#![allow(clippy::needless_range_loop)]
+
 pub(crate) mod act;
 pub(crate) mod int4;
 pub(crate) mod int8;
