@@ -72,3 +72,13 @@ pub fn configure_threads(threads: usize) {
     // Fails only if the pool was already built, in which case the env var still governs matmul.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
 }
+
+/// Runs `f` on a worker of the compute pool. Kernels called from there fork from a worker
+/// whose partner is usually still spinning, instead of waking the pool from outside and
+/// sleeping until it finishes: two context switches saved per matmul, which at decode
+/// (hundreds of small matmuls per token) is a large share of the time.
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("rayon::scope runs its body")
+}

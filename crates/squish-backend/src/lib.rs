@@ -6,7 +6,7 @@ mod device;
 mod ops;
 
 pub use candle_core::{DType, Device, Tensor};
-pub use device::{built_with, configure_threads, open_device, DeviceRequest};
+pub use device::{built_with, configure_threads, on_compute_pool, open_device, DeviceRequest};
 pub use ops::{causal_attention, rms_norm, Rope};
 
 #[derive(Debug, thiserror::Error)]

@@ -70,6 +70,17 @@ impl<'m> Session<'m> {
         params: &SamplingParams,
         max_tokens: usize,
         cancel: &AtomicBool,
+        on_text: impl FnMut(&str) + Send,
+    ) -> Result<Generation, ModelError> {
+        squish_backend::on_compute_pool(|| self.generate_here(prompt, params, max_tokens, cancel, on_text))
+    }
+
+    fn generate_here(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        max_tokens: usize,
+        cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation, ModelError> {
         let ctx = self.model.context_size();

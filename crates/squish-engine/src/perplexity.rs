@@ -24,7 +24,17 @@ pub fn perplexity(
     text: &str,
     ctx: usize,
     max_windows: Option<usize>,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<PerplexityReport, ModelError> {
+    squish_backend::on_compute_pool(|| perplexity_here(model, text, ctx, max_windows, progress))
+}
+
+fn perplexity_here(
+    model: &Model,
+    text: &str,
+    ctx: usize,
+    max_windows: Option<usize>,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<PerplexityReport, ModelError> {
     let start = Instant::now();
     if ctx < 8 || ctx > model.context_size() {

@@ -126,9 +126,10 @@ fn cpu_seconds() -> Option<(f64, f64)> {
     let all: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let busy = all.iter().take(8).sum::<f64>() - all.get(3)? - all.get(4)?;
     let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let f: Vec<f64> = own.rsplit(')').next()?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<&str> = own.rsplit(')').next()?.split_whitespace().collect();
     // utime and stime: fields 14 and 15 of the line, 11 and 12 after the command name.
-    Some((busy / 100.0, (f.get(11)? + f.get(12)?) / 100.0))
+    let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((busy / 100.0, (utime + stime) / 100.0))
 }
 
 fn main() {

@@ -8,10 +8,10 @@ use rayon::prelude::*;
 const MIN_TASK_MACS: usize = 1 << 17;
 /// Tasks aimed for per thread, so uneven progress still balances.
 const TASKS_PER_THREAD: usize = 4;
-/// Tokens per task at prefill: their int8 activations (64 x K bytes) stay in L1/L2 while a
-/// task's weight rows stream past once.
+/// Tokens per task at prefill (a multiple of the kernels' 8-token tile). Within a task the
+/// kernels take 8 tokens at a time past all the task's rows (kept in L2 by `L2_BUDGET`).
 const TOKEN_TILE: usize = 64;
-/// Rows per task are a multiple of the kernels' decode row tile.
+/// Rows per task are a multiple of the kernels' decode row tiles (8 for INT4, 4 for INT8).
 const ROW_ALIGN: usize = 8;
 /// Weight bytes a multi-token task's rows may take (half of a 512 KB-2 MB L2).
 const L2_BUDGET: usize = 256 << 10;

@@ -1,6 +1,7 @@
 //! The INT4 quantizer: per group, a clipping search for the (scale, min) that minimises the
-//! importance-weighted squared error, each candidate refined by weighted least squares and
-//! judged after rounding to the f16 values that are stored (codes recomputed for them).
+//! importance-weighted squared error. Each candidate range gives codes, their weighted
+//! least-squares (scale, min) is rounded to the f16 values that would be stored, and the
+//! winner's codes are recomputed for exactly those values (see `fit_group`).
 
 use super::{check_shape, dequant, pack_row, Int4Owned};
 use crate::act::ROUND_MAGIC;

@@ -189,13 +189,14 @@ fn results_do_not_depend_on_batching_or_threads() {
 
 /// The activation quantization's cost in accuracy, relative to the exact product: small
 /// for Gaussian activations, larger with outlier channels (which coarsen their blocks).
-/// Measured: 0.45% and 3.2% relative RMS.
+/// Measured: 0.55% and 1.23% relative RMS (1.3% and 3.2% without the centred residual
+/// term of `act::CODE_CENTER`).
 #[test]
 fn activation_quantization_error() {
     let (n, k, g, t) = (512, 1536, 64, 8);
     let (q, x_outliers) = int4_case(n, k, g, t, 9);
     let x_plain = Rng::new(10).gauss_vec(t * k, 1.0);
-    for (x, bound) in [(&x_plain, 0.006), (&x_outliers, 0.04)] {
+    for (x, bound) in [(&x_plain, 0.0065), (&x_outliers, 0.015)] {
         let (mut exact, mut out) = (vec![0.0; t * n], vec![0.0; t * n]);
         int4::matmul_ref(&q.view(), x, t, &mut exact);
         int4::matmul(&q.view(), x, t, &mut out);
