@@ -3,8 +3,10 @@
 //! end-of-sequence token, the token limit, the context's end, or cancellation.
 //! It owns no I/O: text goes to a callback.
 
+mod bench;
 mod perplexity;
 
+pub use bench::{bench_run, BenchRun};
 pub use perplexity::{perplexity, PerplexityReport};
 use squish_model::{KvCache, Model, ModelError, Sampler, SamplingParams, TextStream};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
 //! The `squish` binary: a thin clap tree over the library crates, one file per subcommand.
 //! Errors reach the user as one line on stderr and exit code 2; never a panic or backtrace.
 
+mod bench;
 mod convert;
 mod default_model;
 mod eval;
@@ -27,6 +28,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure perplexity on a text file
     Eval(eval::EvalArgs),
+    /// Measure load time, prefill and decode speed (llama-bench style)
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Command::Convert(args) => convert::run(args),
         Command::Info(args) => info::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

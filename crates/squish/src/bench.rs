@@ -1,0 +1,121 @@
+//! `squish bench`: load time, prefill and decode speed, peak memory; llama-bench-style table.
+
+use crate::{default_model, setup};
+use anyhow::Result;
+use clap::Args;
+use squish_engine::bench_run;
+use squish_model::Model;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+#[command(after_help = "Compare with llama.cpp on the same machine in the same session:
+  squish bench smollm2-int4 -p 512 -n 128 -t 2
+  llama-bench -m model.gguf -p 512 -n 128 -t 2")]
+pub struct BenchArgs {
+    /// The model [default: the default model]
+    pub model: Option<PathBuf>,
+    /// Prompt tokens to prefill
+    #[arg(short, default_value_t = 512)]
+    pub p: usize,
+    /// Tokens to decode after the prompt
+    #[arg(short, default_value_t = 128)]
+    pub n: usize,
+    /// Repetitions of each test
+    #[arg(short, default_value_t = 5)]
+    pub r: usize,
+    /// CPU threads [default: all cores]
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Print JSON instead of a markdown table
+    #[arg(long)]
+    pub json: bool,
+    /// Where to run: auto, cpu, cuda, cuda:N, metal
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let (device, threads) = setup::device(&args.device, args.threads)?;
+    let path = default_model::resolve(args.model.clone())?;
+    let ctx = Some((args.p + args.n + 1).max(8));
+    let t0 = Instant::now();
+    let model = Model::load(&path, &device, ctx)?;
+    let load_cold = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    drop(Model::load(&path, &device, ctx)?);
+    let load_warm = t1.elapsed().as_secs_f64();
+
+    bench_run(&model, args.p.min(16), 4)?; // warm-up: pages, caches, thread pool
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    let mut ttft = Vec::new();
+    for _ in 0..args.r.max(1) {
+        let run = bench_run(&model, args.p, args.n)?;
+        pp.push(args.p as f64 / run.prefill_s);
+        tg.push(args.n as f64 / run.decode_s);
+        ttft.push(run.prefill_s);
+    }
+    let (size, bpw, params) = model_size(&path);
+    let rss_mb = peak_rss_kb() as f64 / 1024.0;
+    let name = path.file_name().map_or(path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let (pp_m, pp_s) = mean_std(&pp);
+    let (tg_m, tg_s) = mean_std(&tg);
+    let (ttft_m, _) = mean_std(&ttft);
+    if args.json {
+        let report = serde_json::json!({
+            "model": path.display().to_string(), "size_mb": size / 1e6, "bits_per_weight": bpw,
+            "parameters": params, "threads": threads, "device": format!("{device:?}"),
+            "load_cold_s": load_cold, "load_warm_s": load_warm,
+            "prompt_tokens": args.p, "prefill_tokens_per_s": pp_m, "prefill_stddev": pp_s,
+            "decode_tokens": args.n, "decode_tokens_per_s": tg_m, "decode_stddev": tg_s,
+            "time_to_first_token_s": ttft_m, "peak_rss_mb": rss_mb, "repetitions": args.r,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let bits = bpw.map_or("-".to_string(), |b| format!("{b:.2}"));
+    println!("| model | size | bits/weight | threads | test | t/s |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let row = |test: String, m: f64, s: f64| {
+        println!("| {name} | {:.1} MB | {bits} | {threads} | {test} | {m:.2} ± {s:.2} |", size / 1e6)
+    };
+    row(format!("pp{}", args.p), pp_m, pp_s);
+    row(format!("tg{}", args.n), tg_m, tg_s);
+    println!();
+    println!(
+        "load {:.3} s (first) / {:.3} s (again); time to first token after a {}-token prompt {:.3} s; peak RSS {:.0} MB",
+        load_cold, load_warm, args.p, ttft_m, rss_mb
+    );
+    Ok(())
+}
+
+/// Bytes of weights, bits/weight (squish models) and parameters, as far as the files tell.
+fn model_size(path: &std::path::Path) -> (f64, Option<f64>, Option<u64>) {
+    if let Ok(m) = squish_format::read_manifest(path) {
+        return (m.shards.iter().map(|s| s.bytes).sum::<u64>() as f64, Some(m.bits_per_weight), Some(m.parameters));
+    }
+    let bytes = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum::<u64>())
+            .unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    };
+    (bytes as f64, None, None)
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// Peak resident memory of this process (Linux: VmHWM), 0 where unknown.
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
