@@ -151,7 +151,11 @@ fn run(quick: bool) {
     let scale = if quick { 0.3 } else { 1.0 };
     let (dec_time, pre_time) = (Duration::from_secs_f64(0.5 * scale), Duration::from_secs_f64(2.0 * scale));
     let mut rng = Rng(0x1234_5678_9ABC_DEF1);
-    println!("rayon threads: {}", rayon::current_num_threads());
+    println!(
+        "rayon threads: {}; kernel path: {} (SQUISH_ISA=scalar|avx2|avxvnni|avx512vnni caps it)",
+        rayon::current_num_threads(),
+        squish_quant::kernel_isa()
+    );
     for scheme in [Scheme::Int4G64, Scheme::Int8G32] {
         println!("\n== {} ==", scheme.name());
         println!(

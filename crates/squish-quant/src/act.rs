@@ -127,10 +127,10 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut ActQ8) -> R) -> R {
 /// One token: `x` is its k inputs.
 fn quantize_token(isa: Isa, x: &[f32], g: usize, out: TokenOut) {
     match isa {
-        // SAFETY: Isa::Avx2 exists only after avx2/fma/f16c were detected; the slice
+        // SAFETY: the x86 variants exist only after avx2/fma/f16c were detected; the slice
         // lengths are the ones `ActQ8::quantize` sized from the same k and g.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { crate::x86::act::quantize_token(x, g, out) },
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { crate::x86::act::quantize_token(x, g, out) },
         Isa::Scalar => quantize_token_scalar(x, g, out),
     }
 }

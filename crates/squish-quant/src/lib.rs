@@ -13,8 +13,9 @@
 //! dequantizer, an exact scalar reference matmul and the fast matmul. Kernels take borrowed
 //! views ([`Int4Matrix`], [`Int8Matrix`]) of slices such as an mmapped file's, run on the
 //! current rayon pool (calls too small to split stay on the calling thread), and
-//! allocate nothing per decode call once warm. AVX2+FMA+F16C is detected at run time;
-//! other CPUs run a portable scalar path computing the same sums. A token's result does not
+//! allocate nothing per decode call once warm. The kernel family is chosen at run time
+//! (best first: AVX512-VNNI, AVX-VNNI, AVX2+FMA+F16C, else a portable scalar path
+//! computing the same sums; [`kernel_isa`] names it, `SQUISH_ISA` caps it). A token's result does not
 //! depend, bit for bit, on the batch it comes in or on the thread count.
 
 // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
@@ -35,5 +36,6 @@ mod tests;
 
 pub use error::ShapeError;
 pub use half::f16;
+pub use isa::kernel_isa;
 pub use int4::{Int4Matrix, Int4Owned};
 pub use int8::{Int8Matrix, Int8Owned};

@@ -1,5 +1,6 @@
 //! The INT4 matmul entry: quantizes the activations, splits the output over threads, and
-//! runs each task on the AVX2 kernel or the portable scalar one (the same sums).
+//! runs each task on an x86 kernel (AVX512-VNNI, AVX-VNNI or AVX2: the same integer sums,
+//! the same results) or the portable scalar one (the same sums).
 
 use super::Int4Matrix;
 use crate::act::{with_scratch, ActQ8};
@@ -22,8 +23,8 @@ pub fn matmul_scalar(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     matmul_with(Isa::Scalar, w, x, t, out);
 }
 
-/// `matmul` on a chosen kernel family (tests force the scalar one).
-fn matmul_with(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+/// `matmul` on a chosen kernel family (tests run each one the CPU has).
+pub(crate) fn matmul_with(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     check_io("int4 matmul", w.n(), w.k(), x, t, out);
     if t == 0 || w.n() == 0 {
         return;
@@ -38,10 +39,14 @@ fn matmul_with(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
 /// One task of `matmul::run`: rows r0.. for tokens t0.. (see there).
 fn run_task(isa: Isa, w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     match isa {
-        // SAFETY: Isa::Avx2 means the CPU has avx2/fma/f16c; the kernel asserts the bounds
-        // it relies on.
+        // SAFETY: each x86 variant means the CPU has the features its kernel is compiled
+        // for (see `isa`); the kernels assert the bounds they rely on.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { crate::x86::int4::task(w, a, r0, t0, outs) },
+        Isa::Avx2 => unsafe { crate::x86::int4::task_avx2(w, a, r0, t0, outs) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => unsafe { crate::x86::int4::task_avxvnni(w, a, r0, t0, outs) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { crate::x86::int4::task_avx512vnni(w, a, r0, t0, outs) },
         Isa::Scalar => {
             for (i, out) in outs.iter_mut().enumerate() {
                 for (j, y) in out.iter_mut().enumerate() {

@@ -15,8 +15,10 @@ mod kernel;
 mod quant;
 mod reference;
 
-pub use gptq::quantize_gptq;
+pub use gptq::{quantize_gptq, quantize_gptq_act_order};
 pub use kernel::{matmul, matmul_scalar};
+#[cfg(test)]
+pub(crate) use kernel::matmul_with;
 pub use quant::{quantize, quantize_minmax, quantize_with_error};
 pub use reference::{matmul_ref, matmul_ref_q8};
 

@@ -21,8 +21,8 @@ pub fn matmul_scalar(w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     matmul_with(Isa::Scalar, w, x, t, out);
 }
 
-/// `matmul` on a chosen kernel family (tests force the scalar one).
-fn matmul_with(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+/// `matmul` on a chosen kernel family (tests run each one the CPU has).
+pub(crate) fn matmul_with(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     check_io("int8 matmul", w.n(), w.k(), x, t, out);
     run(w.n(), w.k(), w.bytes() / w.n().max(1), t, out, |r0, t0, outs| run_task(isa, w, x, r0, t0, outs));
 }
@@ -30,10 +30,10 @@ fn matmul_with(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
 /// One task of `matmul::run`: rows r0.. for tokens t0.. (see there).
 fn run_task(isa: Isa, w: &Int8Matrix, x: &[f32], r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     match isa {
-        // SAFETY: Isa::Avx2 means the CPU has avx2/fma/f16c; the kernel asserts the bounds
-        // it relies on.
+        // SAFETY: the x86 variants mean the CPU has avx2/fma/f16c (the VNNI ones run the
+        // AVX2 kernel: it has no integer dots); the kernel asserts the bounds it relies on.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { crate::x86::int8::task(w, x, r0, t0, outs) },
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { crate::x86::int8::task(w, x, r0, t0, outs) },
         Isa::Scalar => {
             for (i, out) in outs.iter_mut().enumerate() {
                 for (j, y) in out.iter_mut().enumerate() {

@@ -12,6 +12,8 @@ mod quant;
 mod reference;
 
 pub use kernel::{matmul, matmul_scalar};
+#[cfg(test)]
+pub(crate) use kernel::matmul_with;
 pub use quant::{quantize, quantize_absmax, quantize_with_error};
 pub use reference::matmul_ref;
 

@@ -1,10 +1,10 @@
-//! The matmul kernels against the scalar references on many shapes, on both paths (AVX2
-//! when the CPU has it, and the forced scalar fallback), and their invariances: the result
+//! The matmul kernels against the scalar references on many shapes, on every path the CPU
+//! runs (scalar, AVX2, AVX-VNNI, AVX512-VNNI), and their invariances: the result
 //! for a token does not depend on the batch it came in or on the thread count.
 
 use super::util::{on_pool, Rng};
 use crate::act::{ActQ8, CODE_CENTER};
-use crate::isa::{detect, Isa};
+use crate::isa::{available, Isa};
 use crate::{int4, int8, Int4Matrix, Int8Matrix};
 
 const NS: [usize; 4] = [1, 3, 17, 1000];
@@ -12,28 +12,19 @@ const KS: [usize; 4] = [64, 128, 576, 1536];
 const GS: [usize; 3] = [32, 64, 128];
 const TS: [usize; 4] = [1, 2, 7, 64];
 
-/// The kernel paths this machine can run.
+/// The kernel paths this machine can run (scalar, then AVX2, AVX-VNNI, AVX512-VNNI as the
+/// CPU has them; paths it lacks are skipped).
 fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Scalar];
-    if detect() != Isa::Scalar {
-        v.push(detect());
-    }
-    v
+    available()
 }
 
-/// `matmul` on the path `isa` (the public entries: `matmul` takes the detected one).
+/// `matmul` on the path `isa` (the public `matmul` takes the detected one).
 fn mm4(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
-    match isa {
-        Isa::Scalar => int4::matmul_scalar(w, x, t, out),
-        _ => int4::matmul(w, x, t, out),
-    }
+    int4::matmul_with(isa, w, x, t, out)
 }
 
 fn mm8(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
-    match isa {
-        Isa::Scalar => int8::matmul_scalar(w, x, t, out),
-        _ => int8::matmul(w, x, t, out),
-    }
+    int8::matmul_with(isa, w, x, t, out)
 }
 
 /// Every shape of the grid, but the largest products only with few tokens (the f64
@@ -127,7 +118,8 @@ fn int4_kernels_match_the_references() {
         }
     }
     eprintln!(
-        "int4 kernels: worst |Δ| vs q8 ref {worst_rel:.2e} of Σ|wx|; vs exact rel RMS {:.2e}",
+        "int4 kernels ({:?}): worst |Δ| vs q8 ref {worst_rel:.2e} of Σ|wx|; vs exact rel RMS {:.2e}",
+        isas(),
         (err2 / ref2).sqrt()
     );
 }
@@ -183,6 +175,27 @@ fn results_do_not_depend_on_batching_or_threads() {
                 let single = on_pool(2, || run(&x[tok * k..(tok + 1) * k], 1));
                 assert_eq!(&batch[tok * n..(tok + 1) * n], &single[..], "{isa:?}: token {tok}");
             }
+        }
+    }
+}
+
+/// The x86 paths (AVX2, AVX-VNNI, AVX512-VNNI) form the same integer sums and go through
+/// the same float operations: bit-identical outputs, decode and prefill, edge tiles too.
+#[test]
+fn int4_x86_paths_agree_bit_for_bit() {
+    let paths: Vec<Isa> = available().into_iter().filter(|&i| i != Isa::Scalar).collect();
+    let cases = [(1000, 576, 64, 77), (17, 1536, 128, 1), (3, 64, 32, 9), (576, 1536, 64, 8), (13, 128, 64, 2)];
+    for (case, (n, k, g, t)) in cases.into_iter().enumerate() {
+        let (q, x) = int4_case(n, k, g, t, 50 + case as u64);
+        let bits = |isa: Isa| {
+            let mut o = vec![0.0f32; t * n];
+            mm4(isa, &q.view(), &x, t, &mut o);
+            o.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let Some(&first) = paths.first() else { return };
+        let want = bits(first);
+        for &isa in &paths[1..] {
+            assert!(bits(isa) == want, "{isa:?} differs from {first:?} at n{n} k{k} g{g} t{t}");
         }
     }
 }

@@ -1,8 +1,10 @@
-//! AVX2 INT4 x int8 kernel for one task of the matmul (a range of rows for a range of
-//! tokens), in tiles of 8 rows x 1 token (decode) or 1 row x 8 tokens (prefill).
+//! x86 INT4 x int8 kernel for one task of the matmul (a range of rows for a range of
+//! tokens), in tiles of 8 rows x 1 token (decode) or 1 row x 8 tokens (prefill), compiled
+//! once per integer dot of a 32-input block (see `Dot`): AVX2, AVX-VNNI, AVX512-VNNI.
 //!
-//! Per 32-input block, `maddubs(codes u8, acts i8)` then `madd(.., 1)` gives 8 i32
-//! partial dots, converted and FMA'd with (activation block scale · group scale) into the
+//! Per 32-input block, the dot of codes (u8) and activations (i8) gives 8 i32 partial
+//! dots of 4 adjacent products each (`maddubs` + `madd`, or one `vpdpbusd`: the same
+//! sums), converted and FMA'd with (activation block scale · group scale) into the
 //! (row, token) accumulator; those products are computed a chunk of blocks ahead into a
 //! stack buffer, so the inner loop only broadcasts them. Per group, `min · Σx` and
 //! `scale · 7.5 · Σ(x - x̂)` (see `act::CODE_CENTER`) run across rows or tokens. Every
@@ -22,7 +24,7 @@ const PREFETCH: usize = 16;
 const CHUNK: usize = 64;
 
 /// Shapes and base pointers shared by a task's tiles (divisions done once).
-struct Ctx {
+pub(crate) struct Ctx {
     k: usize,
     ng: usize,
     nb: usize,
@@ -37,12 +39,124 @@ struct Ctx {
     rc: *const f32,
 }
 
+/// The integer dot of one 32-input block, and the kernel instantiated for it.
+pub(crate) trait Dot {
+    /// Lane j (of 8) = Σ_{i<4} v[4j + i] · x[4j + i] as f32, v as u8 (at most 15 here) and
+    /// x as i8: every implementation gives exactly these sums (|sum| <= 7620, so exact in
+    /// f32 too).
+    unsafe fn dot(v: __m256i, x: __m256i) -> __m256;
+
+    /// `put` for the edge tiles, kept out of line so only the two main tiles are inlined
+    /// (compiled with the implementation's target features).
+    unsafe fn put_cold<const R: usize, const T: usize>(
+        c: &Ctx,
+        r0: usize,
+        t0: usize,
+        outs: &mut [&mut [f32]],
+        ro: usize,
+        to: usize,
+    );
+}
+
+/// AVX2: `maddubs` (u4 x i8 pairs: at most 2·15·127 per i16 lane, so it never saturates)
+/// then `madd` with ones.
+pub(crate) struct Avx2;
+/// AVX-VNNI: `vpdpbusd` (VEX), converted with `MAGIC`.
+pub(crate) struct AvxVnni;
+/// AVX512-VNNI + VL: `vpdpbusd` (EVEX, 256-bit), converted with `MAGIC`.
+pub(crate) struct Avx512Vnni;
+
+/// 1.5 · 2^23, whose f32 bits plus an integer |i| < 2^22 are the bits of MAGIC + i: the
+/// VNNI dots accumulate into these bits and subtract MAGIC, an exact i32 -> f32 conversion
+/// (the value `cvtdq2ps` gives) done by the dot and an add, where port 5 can take the add
+/// (Golden Cove), leaving ports 0/1 to the dot and the FMA.
+const MAGIC: f32 = 12_582_912.0;
+
+impl Dot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(v: __m256i, x: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(v, x), _mm256_set1_epi16(1)))
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(never)]
+    unsafe fn put_cold<const R: usize, const T: usize>(
+        c: &Ctx,
+        r0: usize,
+        t0: usize,
+        outs: &mut [&mut [f32]],
+        ro: usize,
+        to: usize,
+    ) {
+        put::<Self, R, T>(c, r0, t0, outs, ro, to);
+    }
+}
+
+impl Dot for AvxVnni {
+    #[inline(always)]
+    unsafe fn dot(v: __m256i, x: __m256i) -> __m256 {
+        let m = _mm256_set1_ps(MAGIC);
+        _mm256_sub_ps(_mm256_castsi256_ps(_mm256_dpbusd_avx_epi32(_mm256_castps_si256(m), v, x)), m)
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    #[inline(never)]
+    unsafe fn put_cold<const R: usize, const T: usize>(
+        c: &Ctx,
+        r0: usize,
+        t0: usize,
+        outs: &mut [&mut [f32]],
+        ro: usize,
+        to: usize,
+    ) {
+        put::<Self, R, T>(c, r0, t0, outs, ro, to);
+    }
+}
+
+impl Dot for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn dot(v: __m256i, x: __m256i) -> __m256 {
+        let m = _mm256_set1_ps(MAGIC);
+        _mm256_sub_ps(_mm256_castsi256_ps(_mm256_dpbusd_epi32(_mm256_castps_si256(m), v, x)), m)
+    }
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    #[inline(never)]
+    unsafe fn put_cold<const R: usize, const T: usize>(
+        c: &Ctx,
+        r0: usize,
+        t0: usize,
+        outs: &mut [&mut [f32]],
+        ro: usize,
+        to: usize,
+    ) {
+        put::<Self, R, T>(c, r0, t0, outs, ro, to);
+    }
+}
+
+/// `task` on the AVX2 dot. SAFETY: avx2, fma and f16c present; see `task`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn task_avx2(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<Avx2>(w, a, r0, t0, outs)
+}
+
+/// `task` on the AVX-VNNI dot. SAFETY: avx2, fma, f16c and avxvnni present; see `task`.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(crate) unsafe fn task_avxvnni(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<AvxVnni>(w, a, r0, t0, outs)
+}
+
+/// `task` on the AVX512-VNNI dot. SAFETY: avx2, fma, f16c, avx512vnni and avx512vl
+/// present; see `task`.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub(crate) unsafe fn task_avx512vnni(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<Avx512Vnni>(w, a, r0, t0, outs)
+}
+
 /// Fills `outs[i][j]` with W x for row r0 + j and token t0 + i (see `matmul::run`).
 ///
-/// SAFETY: avx2, fma and f16c present. The asserts check every bound the pointer
-/// arithmetic relies on (with `Int4Matrix::new`'s guarantee that its slices fit n, k, g).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+/// SAFETY: inlined into an entry above whose features `D` needs. The asserts check every
+/// bound the pointer arithmetic relies on (with `Int4Matrix::new`'s guarantee that its
+/// slices fit n, k, g).
+#[inline(always)]
+unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let (rows, toks) = (outs[0].len(), outs.len());
     let (k, g) = (w.k(), w.g());
     let (ng, nb) = (k / g, k / 32);
@@ -72,17 +186,17 @@ pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs:
     if toks == 1 {
         let mut r = 0;
         while r + 8 <= rows {
-            put::<8, 1>(&c, r0, t0, outs, r, 0);
+            put::<D, 8, 1>(&c, r0, t0, outs, r, 0);
             r += 8;
         }
         match rows - r {
-            7 => put_cold::<7, 1>(&c, r0, t0, outs, r, 0),
-            6 => put_cold::<6, 1>(&c, r0, t0, outs, r, 0),
-            5 => put_cold::<5, 1>(&c, r0, t0, outs, r, 0),
-            4 => put_cold::<4, 1>(&c, r0, t0, outs, r, 0),
-            3 => put_cold::<3, 1>(&c, r0, t0, outs, r, 0),
-            2 => put_cold::<2, 1>(&c, r0, t0, outs, r, 0),
-            1 => put_cold::<1, 1>(&c, r0, t0, outs, r, 0),
+            7 => D::put_cold::<7, 1>(&c, r0, t0, outs, r, 0),
+            6 => D::put_cold::<6, 1>(&c, r0, t0, outs, r, 0),
+            5 => D::put_cold::<5, 1>(&c, r0, t0, outs, r, 0),
+            4 => D::put_cold::<4, 1>(&c, r0, t0, outs, r, 0),
+            3 => D::put_cold::<3, 1>(&c, r0, t0, outs, r, 0),
+            2 => D::put_cold::<2, 1>(&c, r0, t0, outs, r, 0),
+            1 => D::put_cold::<1, 1>(&c, r0, t0, outs, r, 0),
             _ => {}
         }
     } else {
@@ -91,19 +205,19 @@ pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs:
         let mut t = 0;
         while t + 8 <= toks {
             for r in 0..rows {
-                put::<1, 8>(&c, r0, t0, outs, r, t);
+                put::<D, 1, 8>(&c, r0, t0, outs, r, t);
             }
             t += 8;
         }
         for r in 0..rows {
             match toks - t {
-                7 => put_cold::<1, 7>(&c, r0, t0, outs, r, t),
-                6 => put_cold::<1, 6>(&c, r0, t0, outs, r, t),
-                5 => put_cold::<1, 5>(&c, r0, t0, outs, r, t),
-                4 => put_cold::<1, 4>(&c, r0, t0, outs, r, t),
-                3 => put_cold::<1, 3>(&c, r0, t0, outs, r, t),
-                2 => put_cold::<1, 2>(&c, r0, t0, outs, r, t),
-                1 => put_cold::<1, 1>(&c, r0, t0, outs, r, t),
+                7 => D::put_cold::<1, 7>(&c, r0, t0, outs, r, t),
+                6 => D::put_cold::<1, 6>(&c, r0, t0, outs, r, t),
+                5 => D::put_cold::<1, 5>(&c, r0, t0, outs, r, t),
+                4 => D::put_cold::<1, 4>(&c, r0, t0, outs, r, t),
+                3 => D::put_cold::<1, 3>(&c, r0, t0, outs, r, t),
+                2 => D::put_cold::<1, 2>(&c, r0, t0, outs, r, t),
+                1 => D::put_cold::<1, 1>(&c, r0, t0, outs, r, t),
                 _ => {}
             }
         }
@@ -112,7 +226,7 @@ pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs:
 
 /// Computes the tile at (r0 + ro, t0 + to) and stores it into `outs`.
 #[inline(always)]
-unsafe fn put<const R: usize, const T: usize>(
+unsafe fn put<D: Dot, const R: usize, const T: usize>(
     c: &Ctx,
     r0: usize,
     t0: usize,
@@ -120,7 +234,7 @@ unsafe fn put<const R: usize, const T: usize>(
     ro: usize,
     to: usize,
 ) {
-    let y = tile::<R, T>(c, r0 + ro, t0 + to);
+    let y = tile::<D, R, T>(c, r0 + ro, t0 + to);
     if T == 1 {
         let col: [f32; R] = core::array::from_fn(|r| y[r][0]);
         outs[to][ro..ro + R].copy_from_slice(&col);
@@ -131,28 +245,13 @@ unsafe fn put<const R: usize, const T: usize>(
     }
 }
 
-/// `put` for the edge tiles, kept out of line so only the two main tiles are inlined.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline(never)]
-unsafe fn put_cold<const R: usize, const T: usize>(
-    c: &Ctx,
-    r0: usize,
-    t0: usize,
-    outs: &mut [&mut [f32]],
-    ro: usize,
-    to: usize,
-) {
-    put::<R, T>(c, r0, t0, outs, ro, to);
-}
-
 /// Rows r0..r0+R, tokens t0..t0+T, as [row][token]; R <= 8 and T = 1, or R = 1, T <= 8.
 #[inline(always)]
-unsafe fn tile<const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) -> [[f32; T]; R] {
+unsafe fn tile<D: Dot, const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) -> [[f32; T]; R] {
     let (k, hk) = (c.k, c.k / 2);
     let codes = c.codes.add(r0 * hk);
     let q = c.q.add(t0 * k);
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
 
     if T == 1 {
         // The next tile's scales and mins: R*ng f16 each, contiguous.
@@ -191,8 +290,8 @@ unsafe fn tile<const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) ->
                     let lane = if T == 1 { r } else { t };
                     let x = q.add(t * k + blk * 32);
                     let p = prod.add(b).cast::<f32>().add(lane);
-                    dot_block(lo, x, p, ones, &mut tot[r][t]);
-                    dot_block(hi, x.add(32), p.add(8), ones, &mut tot[r][t]);
+                    dot_block::<D>(lo, x, p, &mut tot[r][t]);
+                    dot_block::<D>(hi, x.add(32), p.add(8), &mut tot[r][t]);
                 }
             }
         }
@@ -282,10 +381,9 @@ unsafe fn lanes_x<const T: usize>(p: *const f32, tp: usize, t0: usize, i: usize)
     }
 }
 
-/// acc += f32(Σ pairs of codes `v` (32 x u4) · the 32 int8 codes at `x`) · *scale.
+/// acc += f32(Σ quads of codes `v` (32 x u4) · the 32 int8 codes at `x`) · *scale.
 #[inline(always)]
-unsafe fn dot_block(v: __m256i, x: *const i8, scale: *const f32, ones: __m256i, acc: &mut __m256) {
-    // u4 x i8 pairs: at most 2·15·127 per i16 lane, so maddubs never saturates.
-    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(v, _mm256_loadu_si256(x.cast())), ones);
-    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*scale), *acc);
+unsafe fn dot_block<D: Dot>(v: __m256i, x: *const i8, scale: *const f32, acc: &mut __m256) {
+    let p = D::dot(v, _mm256_loadu_si256(x.cast()));
+    *acc = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&*scale), *acc);
 }

@@ -1,5 +1,6 @@
-//! The AVX2+FMA+F16C kernels (x86-64 only). Every function here is `unsafe`: callers hold
-//! `Isa::Avx2` (the features were detected) and pass slices that fit the shapes.
+//! The x86-64 kernels: AVX2+FMA+F16C, and for INT4 also AVX-VNNI and AVX512-VNNI variants.
+//! Every function here is `unsafe`: callers hold the `Isa` variant whose features the
+//! function is compiled for (they were detected) and pass slices that fit the shapes.
 
 // Tiles index their [row][token] accumulator arrays by both loop variables.
 #![allow(clippy::needless_range_loop)]
