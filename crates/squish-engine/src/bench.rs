@@ -1,11 +1,11 @@
 //! Speed measurements in the manner of llama.cpp's `llama-bench`: prefill of `p` tokens on
-//! an empty cache, and decode of `n` tokens one at a time after them (greedy, never stopping
-//! early), each timed alone.
+//! an empty cache, and decode of `n` tokens one at a time from an empty cache (greedy, never
+//! stopping early), each timed alone.
 
 use squish_model::{argmax, Model, ModelError};
 use std::time::Instant;
 
-/// Seconds to prefill `p` tokens and seconds to then decode `n` more.
+/// Seconds to prefill `p` tokens, and seconds to decode `n` tokens from an empty cache.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchRun {
     pub prefill_s: f64,
@@ -26,14 +26,16 @@ pub fn bench_run(model: &Model, p: usize, n: usize) -> Result<BenchRun, ModelErr
                 (state % vocab) as u32
             })
             .collect();
-        if prompt.len() + n > model.context_size() {
-            return Err(ModelError::PromptTooLong { prompt: prompt.len() + n, ctx: model.context_size() });
+        if prompt.len().max(n + 1) > model.context_size() {
+            return Err(ModelError::PromptTooLong { prompt: prompt.len().max(n + 1), ctx: model.context_size() });
         }
         let mut cache = model.new_cache()?;
         let t0 = Instant::now();
-        let mut logits = model.decoder.last_logits(&model.decoder.forward(&prompt, &mut cache)?)?;
+        model.decoder.last_logits(&model.decoder.forward(&prompt, &mut cache)?)?;
         let prefill_s = t0.elapsed().as_secs_f64();
+        cache.truncate(0);
         let t1 = Instant::now();
+        let mut logits = model.decoder.last_logits(&model.decoder.forward(&prompt[..1], &mut cache)?)?;
         for _ in 0..n {
             let token = argmax(&logits);
             logits = model.decoder.last_logits(&model.decoder.forward(&[token], &mut cache)?)?;

@@ -38,7 +38,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     let (device, threads) = setup::device(&args.device, args.threads)?;
     let path = default_model::resolve(args.model.clone())?;
-    let ctx = Some((args.p + args.n + 1).max(8));
+    let ctx = Some(args.p.max(args.n + 1).max(8));
     let t0 = Instant::now();
     let model = Model::load(&path, &device, ctx)?;
     let load_cold = t0.elapsed().as_secs_f64();

@@ -49,8 +49,9 @@ pub struct ConvertArgs {
     /// Calibration text: weights rounding errors by how strongly each input channel fires (activation-aware); without it, all channels weigh the same
     #[arg(long)]
     pub calib: Option<PathBuf>,
-    /// Most calibration tokens to use
-    #[arg(long, default_value_t = 8192)]
+    /// Most calibration tokens to use (more is better and slower: on SmolLM2-135M, 30k tokens
+    /// gave ΔPPL +0.64 where 8k gave +0.71)
+    #[arg(long, default_value_t = 32768)]
     pub calib_tokens: usize,
     /// The output directory
     #[arg(short, long)]

@@ -146,3 +146,35 @@ fn tiny_models_of_every_architecture_convert_and_run() {
         }
     }
 }
+
+#[test]
+fn eval_and_bench_report_machine_readable_results() {
+    let dir = converted_tiny("eval_bench");
+    let text = scratch("eval_bench_text").join("text.txt");
+    std::fs::write(&text, std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap()).unwrap();
+    let o = squish().args(["eval", "--ctx", "64", "--chunks", "2", "--json", "--text"]).arg(&text).arg(&dir).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["windows"], 2);
+    assert_eq!(r["tokens_scored"], 2 * (64 - 32 - 1));
+    assert!(r["ppl"].as_f64().unwrap() > 1.0);
+    // The result is kept with the model.
+    let o = squish().args(["info", "--json"]).arg(&dir).output().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["quality"]["ppl"], r["ppl"]);
+
+    let o = squish().args(["bench", "-p", "16", "-n", "8", "-r", "2", "--json"]).arg(&dir).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for field in ["load_cold_s", "prefill_tokens_per_s", "decode_tokens_per_s", "time_to_first_token_s", "peak_rss_mb"] {
+        assert!(b[field].as_f64().unwrap() > 0.0, "{field}: {b}");
+    }
+}
+
+#[test]
+fn eval_on_too_short_a_text_is_a_clear_error() {
+    let text = scratch("short_text").join("short.txt");
+    std::fs::write(&text, "Too short.").unwrap();
+    let o = squish().args(["eval", "--ctx", "64", "--text"]).arg(&text).arg(tiny("llama")).output().unwrap();
+    assert_clean_failure(&o, "perplexity needs at least one window of --ctx 64");
+}
