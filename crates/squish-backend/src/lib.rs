@@ -2,11 +2,13 @@
 //! always exists; a device this binary was not built for is a clear error at open time, so
 //! callers carry no `cfg`. Knows nothing of model files or architectures.
 
+mod activation;
 mod device;
 mod ops;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use device::{built_with, configure_threads, on_compute_pool, open_device, DeviceRequest};
+pub use activation::silu_mul;
 pub use ops::{causal_attention, rms_norm, Rope};
 
 #[derive(Debug, thiserror::Error)]

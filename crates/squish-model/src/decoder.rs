@@ -8,7 +8,7 @@ use crate::linear::Linear;
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
-use squish_backend::{causal_attention, rms_norm, Rope};
+use squish_backend::{causal_attention, rms_norm, silu_mul, Rope};
 
 /// A point in the forward pass whose activations feed linear layers: calibration observes
 /// them to learn which input channels matter.
@@ -209,7 +209,7 @@ impl Decoder {
             x = (x + layer.attn.o.forward(&a)?)?;
             let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
             obs.observe(Tap::MlpIn(i), &n)?;
-            let mid = (layer.gate.forward(&n)?.silu()? * layer.up.forward(&n)?)?;
+            let mid = silu_mul(&layer.gate.forward(&n)?, &layer.up.forward(&n)?)?;
             obs.observe(Tap::MlpMid(i), &mid)?;
             x = (x + layer.down.forward(&mid)?)?;
         }
