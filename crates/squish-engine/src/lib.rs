@@ -7,7 +7,7 @@ mod bench;
 mod perplexity;
 
 pub use bench::{bench_run, BenchRun};
-pub use perplexity::{perplexity, PerplexityReport};
+pub use perplexity::{perplexity, BaseComparison, PerplexityReport};
 use squish_model::{KvCache, Model, ModelError, Sampler, SamplingParams, TextStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -3,8 +3,18 @@
 //! model uses one), each on a fresh cache, and only the second half of each window scored,
 //! so every scored token sees at least ctx/2 tokens of context.
 
-use squish_model::{Model, ModelError};
+use squish_model::{argmax, Model, ModelError};
 use std::time::Instant;
+
+/// How far a model's next-token distributions are from a base model's on the same tokens.
+#[derive(Debug, Clone)]
+pub struct BaseComparison {
+    pub base_ppl: f64,
+    /// Mean KL(base || model) per scored token, in nats.
+    pub kld_mean: f64,
+    /// Share of scored positions where both models' most likely token is the same.
+    pub top1_agreement: f64,
+}
 
 #[derive(Debug, Clone)]
 pub struct PerplexityReport {
@@ -16,21 +26,43 @@ pub struct PerplexityReport {
     pub windows: usize,
     pub ctx: usize,
     pub seconds: f64,
+    pub base: Option<BaseComparison>,
 }
 
 /// `max_windows` limits the work (llama.cpp's `--chunks`); `progress(done, total)` per window.
+/// With `base`, the same windows also go through the base model (same tokenizer required)
+/// and the report compares the two distributions.
 pub fn perplexity(
     model: &Model,
+    base: Option<&Model>,
     text: &str,
     ctx: usize,
     max_windows: Option<usize>,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<PerplexityReport, ModelError> {
-    squish_backend::on_compute_pool(|| perplexity_here(model, text, ctx, max_windows, progress))
+    if let Some(b) = base {
+        if b.decoder.config().vocab != model.decoder.config().vocab {
+            return Err(ModelError::Tokenizer(format!(
+                "the base model's vocabulary ({}) differs from the model's ({}): they cannot be compared",
+                b.decoder.config().vocab,
+                model.decoder.config().vocab
+            )));
+        }
+    }
+    squish_backend::on_compute_pool(|| perplexity_here(model, base, text, ctx, max_windows, progress))
+}
+
+/// Logits of positions first..ctx-1 of `window`: (ctx - first - 1) rows of vocab.
+fn scored_logits(model: &Model, window: &[u32], first: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let mut cache = model.new_cache()?;
+    let hidden = model.decoder.forward(window, &mut cache)?; // (1, ctx, hidden)
+    let scored = hidden.narrow(1, first, window.len() - first - 1)?;
+    Ok(model.decoder.logits(&scored)?.squeeze(0)?.to_vec2::<f32>()?)
 }
 
 fn perplexity_here(
     model: &Model,
+    base: Option<&Model>,
     text: &str,
     ctx: usize,
     max_windows: Option<usize>,
@@ -55,19 +87,31 @@ fn perplexity_here(
     }
     let first = ctx / 2;
     let mut nlls = Vec::with_capacity(windows * (ctx - first - 1));
-    let mut cache = model.new_cache()?;
+    let (mut base_nll, mut kld, mut agree) = (0f64, 0f64, 0usize);
     for w in 0..windows {
         let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
         if let Some(b) = bos {
             window[0] = b;
         }
-        cache.truncate(0);
-        let hidden = model.decoder.forward(&window, &mut cache)?; // (1, ctx, hidden)
         // Positions first..ctx-1 predict tokens first+1..ctx.
-        let scored = hidden.narrow(1, first, ctx - first - 1)?;
-        let logits = model.decoder.logits(&scored)?.squeeze(0)?.to_vec2::<f32>()?;
+        let logits = scored_logits(model, &window, first)?;
         for (row, &target) in logits.iter().zip(&window[first + 1..]) {
             nlls.push(log_sum_exp(row) - f64::from(row[target as usize]));
+        }
+        if let Some(b) = base {
+            for ((q, p), &target) in logits.iter().zip(scored_logits(b, &window, first)?).zip(&window[first + 1..]) {
+                let (lse_p, lse_q) = (log_sum_exp(&p), log_sum_exp(q));
+                base_nll += lse_p - f64::from(p[target as usize]);
+                kld += p
+                    .iter()
+                    .zip(q)
+                    .map(|(&lp, &lq)| {
+                        let log_p = f64::from(lp) - lse_p;
+                        log_p.exp() * (log_p - (f64::from(lq) - lse_q))
+                    })
+                    .sum::<f64>();
+                agree += usize::from(argmax(&p) == argmax(q));
+            }
         }
         progress(w + 1, windows);
     }
@@ -83,6 +127,11 @@ fn perplexity_here(
         windows,
         ctx,
         seconds: start.elapsed().as_secs_f64(),
+        base: base.map(|_| BaseComparison {
+            base_ppl: (base_nll / n).exp(),
+            kld_mean: kld / n,
+            top1_agreement: agree as f64 / n,
+        }),
     })
 }
 

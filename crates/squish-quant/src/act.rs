@@ -8,6 +8,7 @@
 use crate::isa::Isa;
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `x + MAGIC - MAGIC` rounds to nearest, ties to even, for |x| < 2^22: the same rounding
 /// as `_mm256_cvtps_epi32` under the default MXCSR, without a libm call.
@@ -39,6 +40,9 @@ pub(crate) struct ActQ8 {
     pub g: usize,
     /// t rounded up to a multiple of 8 (the stride of `d`, `sx` and `rc`).
     pub tp: usize,
+    /// A number no other `quantize` call got: per-call caches (the prefill kernel's
+    /// repacked weights) use it to know they belong to this call.
+    pub call: u64,
 }
 
 /// One token's outputs: codes (k), block scales (k/32), group sums and centred residuals
@@ -66,6 +70,8 @@ impl ActQ8 {
         self.sxtok.resize(t * ng, 0.0);
         self.rctok.resize(t * ng, 0.0);
         (self.t, self.k, self.g, self.tp) = (t, k, g, tp);
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        self.call = CALLS.fetch_add(1, Ordering::Relaxed);
 
         let one = |((((x, q), d), sx), rc): Parts| quantize_token(isa, x, g, TokenOut { q, d, sx, rc });
         if t * k < PAR_MIN_ELEMS {

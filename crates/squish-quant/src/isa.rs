@@ -1,6 +1,6 @@
 //! Which kernel family a call runs, checked at run time so one binary serves every x86-64.
 //! Best first:
-//! - `Avx512Vnni`: avx512vnni + avx512vl (+ avx2/fma/f16c): the INT4 kernel's integer dots
+//! - `Avx512Vnni`: avx512vnni + avx512vl + avx512f/bw (+ avx2/fma/f16c): the INT4 kernel's integer dots
 //!   are one `vpdpbusd` on 256-bit vectors (EVEX: 32 vector registers). Ice Lake and later
 //!   Xeons, Zen 4+.
 //! - `AvxVnni`: avxvnni (+ avx2/fma/f16c): the same dot, VEX-encoded. Alder Lake and later
@@ -26,7 +26,7 @@ pub(crate) enum Isa {
     /// avx2/fma/f16c + avxvnni.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
-    /// avx2/fma/f16c + avx512vnni + avx512vl.
+    /// avx2/fma/f16c + avx512vnni + avx512vl + avx512f + avx512bw.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
 }
@@ -55,7 +55,11 @@ pub(crate) fn available() -> Vec<Isa> {
         if is_x86_feature_detected!("avxvnni") {
             v.push(Isa::AvxVnni);
         }
-        if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        if is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+        {
             v.push(Isa::Avx512Vnni);
         }
     }

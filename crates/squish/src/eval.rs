@@ -18,6 +18,11 @@ pub struct EvalArgs {
     /// The text to score
     #[arg(long)]
     pub text: PathBuf,
+    /// Also run the text through this base model (e.g. the unquantized source) and report
+    /// ΔPPL, the mean KL divergence of the model's next-token distribution from the base's,
+    /// and how often their top tokens agree
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// Tokens per window
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
@@ -40,14 +45,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let path = default_model::resolve(args.model.clone())?;
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}", args.text.display()))?;
     let model = Model::load(&path, &device, Some(args.ctx.max(8)))?;
+    let base = match &args.base {
+        Some(b) => Some(Model::load(b, &device, Some(args.ctx.max(8)))?),
+        None => None,
+    };
     let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} windows {elapsed}<{eta}");
-    let r = perplexity(&model, &text, args.ctx, args.chunks, &mut |done, total| {
+    let r = perplexity(&model, base.as_ref(), &text, args.ctx, args.chunks, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
     let r = r?;
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "model": path.display().to_string(),
         "text": args.text.display().to_string(),
         "text_sha256": squish_format::sha256_file(&args.text)?,
@@ -58,6 +67,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "ppl_stderr": r.ppl_stderr,
         "seconds": r.seconds,
     });
+    if let (Some(b), Some(path)) = (&r.base, &args.base) {
+        report["base"] = path.display().to_string().into();
+        report["base_ppl"] = b.base_ppl.into();
+        report["delta_ppl"] = (r.ppl - b.base_ppl).into();
+        report["kld"] = b.kld_mean.into();
+        report["top1_agreement"] = b.top1_agreement.into();
+    }
     if path.join(MANIFEST_FILE).is_file() {
         let mut manifest = read_manifest(&path)?;
         manifest.quality = Some(report.clone());
@@ -70,6 +86,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "PPL {:.4} +/- {:.4} over {} tokens ({} windows of {}) in {:.1} s",
             r.ppl, r.ppl_stderr, r.tokens_scored, r.windows, r.ctx, r.seconds
         );
+        if let Some(b) = &r.base {
+            println!(
+                "base PPL {:.4}: ΔPPL {:+.4}, KLD {:.5}, top-1 agreement {:.2}%",
+                b.base_ppl,
+                r.ppl - b.base_ppl,
+                b.kld_mean,
+                100.0 * b.top1_agreement
+            );
+        }
     }
     Ok(())
 }

@@ -46,6 +46,8 @@ fn run_task(isa: Isa, w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mu
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => unsafe { crate::x86::int4::task_avxvnni(w, a, r0, t0, outs) },
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if a.t >= crate::x86::int4_gemm::GEMM_MIN_T => unsafe { crate::x86::int4_gemm::task(w, a, r0, t0, outs) },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { crate::x86::int4::task_avx512vnni(w, a, r0, t0, outs) },
         Isa::Scalar => {
             for (i, out) in outs.iter_mut().enumerate() {
