@@ -58,53 +58,6 @@ pub fn quantize_gptq(w: &[f32], n: usize, k: usize, g: usize, hessian: &[f64]) -
     Int4Owned { codes, scales, mins, n, k, g }
 }
 
-/// GPTQ in activation order with static groups: columns are quantized in order of falling
-/// diag H (the channels that matter most first, while the most columns remain to absorb
-/// their error), with each group's scale and min fixed beforehand from the original weights.
-pub fn quantize_gptq_act_order(w: &[f32], n: usize, k: usize, g: usize, hessian: &[f64]) -> Int4Owned {
-    if let Err(e) = check_shape(k, g) {
-        panic!("int4 quantize_gptq_act_order: {e}");
-    }
-    assert_eq!(w.len(), n * k, "int4 quantize_gptq_act_order: w length");
-    assert_eq!(hessian.len(), k * k, "int4 quantize_gptq_act_order: hessian length");
-    let diag: Vec<f32> = (0..k).map(|i| hessian[i * k + i].max(0.0) as f32).collect();
-    let mut perm: Vec<usize> = (0..k).collect();
-    perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    let permuted: Vec<f64> = (0..k * k).map(|ij| hessian[perm[ij / k] * k + perm[ij % k]]).collect();
-    let u = inverse_cholesky_upper(&permuted, k);
-    let ng = k / g;
-    let mut codes = vec![0u8; n * k / 2];
-    let mut scales = vec![f16::ZERO; n * ng];
-    let mut mins = vec![f16::ZERO; n * ng];
-    let rows = codes.par_chunks_mut(k / 2).zip(scales.par_chunks_mut(ng)).zip(mins.par_chunks_mut(ng));
-    rows.zip(w.par_chunks(k)).for_each_init(
-        || (vec![0f32; k], vec![0u8; k], vec![(0f32, 0f32, 0f32); ng]),
-        |(row, q, params), (((codes, scales), mins), w)| {
-            for gi in 0..ng {
-                let span = gi * g..(gi + 1) * g;
-                let fit = fit_group(&w[span.clone()], &diag[span.clone()], Search::Clip, &mut q[span]);
-                (scales[gi], mins[gi]) = (fit.scale, fit.min);
-                params[gi] = (fit.scale.to_f32(), fit.min.to_f32(), inverse(fit.scale.to_f32()));
-            }
-            for (x, &c) in row.iter_mut().zip(&perm) {
-                *x = w[c];
-            }
-            for i in 0..k {
-                let c = perm[i];
-                let (s, m, inv) = params[c / g];
-                q[c] = code(row[i], m, inv) as u8;
-                let err = (row[i] - dequant(s, m, q[c])) / u[i * k + i] as f32;
-                let ui = &u[i * k + i + 1..(i + 1) * k];
-                for (x, &uij) in row[i + 1..].iter_mut().zip(ui) {
-                    *x -= err * uij as f32;
-                }
-            }
-            pack_row(q, codes);
-        },
-    );
-    Int4Owned { codes, scales, mins, n, k, g }
-}
-
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), H dampened; k x k row-major.
 fn inverse_cholesky_upper(h: &[f64], k: usize) -> Vec<f64> {
     let mut a = h.to_vec();
@@ -245,8 +198,5 @@ mod tests {
         let gptq = quantize_gptq(&w, n, k, g, &h);
         let (a, b) = (out_err(&gptq), out_err(&weighted));
         assert!(a < 0.95 * b, "gptq {a} vs diagonal-weighted rounding {b}");
-        let act = out_err(&quantize_gptq_act_order(&w, n, k, g, &h));
-        assert!(act < 0.95 * b, "gptq in activation order {act} vs diagonal-weighted rounding {b}");
-        eprintln!("output error: rounding {b:.3}, gptq {a:.3}, gptq act-order {act:.3}");
     }
 }

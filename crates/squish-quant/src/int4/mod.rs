@@ -15,7 +15,7 @@ mod kernel;
 mod quant;
 mod reference;
 
-pub use gptq::{quantize_gptq, quantize_gptq_act_order};
+pub use gptq::quantize_gptq;
 pub use kernel::{matmul, matmul_scalar};
 #[cfg(test)]
 pub(crate) use kernel::matmul_with;
