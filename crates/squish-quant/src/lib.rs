@@ -16,7 +16,11 @@
 //! allocate nothing per decode call once warm. The kernel family is chosen at run time
 //! (best first: AVX512-VNNI, AVX-VNNI, AVX2+FMA+F16C, else a portable scalar path
 //! computing the same sums; [`kernel_isa`] names it, `SQUISH_ISA` caps it). A token's result does not
-//! depend, bit for bit, on the batch it comes in or on the thread count.
+//! depend, bit for bit, on the thread count, nor on the batch it comes in, with one
+//! exception: on AVX512-VNNI, INT4 calls of 16 tokens or more run a register-blocked
+//! prefill kernel whose float summation order differs, so there a token's result is the
+//! same in every batch of 16+ tokens and the same in every batch of fewer, but the two
+//! differ in the last bits (both within the same tolerance of `int4::matmul_ref_q8`).
 
 // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
 #![allow(clippy::manual_is_multiple_of)]

@@ -1,6 +1,8 @@
 //! The INT4 matmul entry: quantizes the activations, splits the output over threads, and
 //! runs each task on an x86 kernel (AVX512-VNNI, AVX-VNNI or AVX2: the same integer sums,
-//! the same results) or the portable scalar one (the same sums).
+//! the same results) or the portable scalar one (the same sums). On AVX512-VNNI, calls of
+//! `GEMM_MIN_T` (16) tokens or more take the prefill kernel `x86::int4_gemm` instead (the
+//! same integer sums, another float summation order).
 
 use super::Int4Matrix;
 use crate::act::{with_scratch, ActQ8};

@@ -1,6 +1,7 @@
 //! x86 INT4 x int8 kernel for one task of the matmul (a range of rows for a range of
 //! tokens), in tiles of 8 rows x 1 token (decode) or 1 row x 8 tokens (prefill), compiled
-//! once per integer dot of a 32-input block (see `Dot`): AVX2, AVX-VNNI, AVX512-VNNI.
+//! once per integer dot of a 32-input block (see `Dot`): AVX2, AVX-VNNI, AVX512-VNNI
+//! (on AVX512-VNNI only for calls under 16 tokens: larger ones run `x86::int4_gemm`).
 //!
 //! Per 32-input block, the dot of codes (u8) and activations (i8) gives 8 i32 partial
 //! dots of 4 adjacent products each (`maddubs` + `madd`, or one `vpdpbusd`: the same

@@ -126,7 +126,7 @@ struct Ctx {
 /// past the last row.
 #[inline(always)]
 unsafe fn repack(w: &Int4Matrix, r0: usize, rows: usize, pack: &mut Pack) {
-    let (k, hk, ng, nb) = (w.k(), w.k() / 2, w.k() / w.g(), w.k() / 32);
+    let (hk, ng, nb) = (w.k() / 2, w.k() / w.g(), w.k() / 32);
     let np = rows.div_ceil(PANEL);
     pack.codes.clear();
     pack.codes.resize(np * nb * 8, Line([0; 64]));
@@ -149,7 +149,6 @@ unsafe fn repack(w: &Int4Matrix, r0: usize, rows: usize, pack: &mut Pack) {
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(hk as i32),
     );
-    let _ = k;
     for p in 0..np {
         let valid = (rows - p * PANEL).min(PANEL);
         let m: __mmask16 = if valid == PANEL { 0xFFFF } else { (1u16 << valid) - 1 };
@@ -179,6 +178,7 @@ unsafe fn repack(w: &Int4Matrix, r0: usize, rows: usize, pack: &mut Pack) {
 #[inline(always)]
 unsafe fn tile<const T: usize>(c: &Ctx, p: usize, tok: usize, rows: usize, outs: &mut [&mut [f32]]) {
     let (k, nb, ng, bpg, tp) = (c.k, c.nb, c.ng, c.bpg, c.tp);
+    // k % 64 == 0: blocks come in (low, high) nibble pairs, both repacked.
     let w = c.codes.add(p * nb * 8);
     let q = c.q.add(tok * k);
     let magic = _mm512_set1_ps(MAGIC);
@@ -214,6 +214,4 @@ unsafe fn tile<const T: usize>(c: &Ctx, p: usize, tok: usize, rows: usize, outs:
         let y = _mm512_add_ps(tot[t], e);
         _mm512_mask_storeu_ps(outs[t].as_mut_ptr().add(p * PANEL), m, y);
     }
-    let _ = nb;
-    debug_assert!(nb % 2 == 0);
 }
