@@ -54,7 +54,7 @@ fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// e^x for f32, branch-free so loops over it vectorize.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

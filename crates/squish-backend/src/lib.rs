@@ -3,6 +3,7 @@
 //! callers carry no `cfg`. Knows nothing of model files or architectures.
 
 mod activation;
+mod attention_cpu;
 mod device;
 mod ops;
 

@@ -41,6 +41,12 @@ impl Rope {
 ///
 /// q: (1, heads, q_len, d), k and v: (1, kv_heads, kv_len, d) -> (1, q_len, heads * d)
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
+    // Decode: a few queries over the cache in place. Prefill: batched matmuls do better.
+    if q.dim(2)? <= 4 {
+        if let Some(out) = crate::attention_cpu::causal_attention_cpu(q, k, v, start)? {
+            return Ok(out);
+        }
+    }
     let (b, heads, q_len, d) = q.dims4()?;
     let (_, kv_heads, kv_len, _) = k.dims4()?;
     let group = heads / kv_heads;
