@@ -118,3 +118,54 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+
+/// Prefill's softmax, in place on raw scores q·kᵀ: rows are (query head, position) with
+/// `q_len` positions per head, position i seeing keys 0..=start+i. Scales, masks (masked
+/// entries become 0) and normalises each row; the vectorized exp skips the masked part.
+pub fn causal_softmax_in_place(scores: &mut [f32], q_len: usize, kv_len: usize, start: usize, scale: f32) {
+    scores.par_chunks_mut(kv_len).enumerate().for_each(|(r, row)| {
+        let seen = (start + r % q_len + 1).min(kv_len);
+        softmax_row(row, seen, scale);
+    });
+}
+
+fn softmax_row(row: &mut [f32], seen: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { softmax_row_avx512(row, seen, scale) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { softmax_row_avx2(row, seen, scale) };
+        }
+    }
+    softmax_row_body(row, seen, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_row_avx512(row: &mut [f32], seen: usize, scale: f32) {
+    softmax_row_body(row, seen, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(row: &mut [f32], seen: usize, scale: f32) {
+    softmax_row_body(row, seen, scale)
+}
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32], seen: usize, scale: f32) {
+    let (live, masked) = row.split_at_mut(seen);
+    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+    let mut sum = 0.0;
+    for x in live.iter_mut() {
+        *x = exp(*x * scale - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    live.iter_mut().for_each(|x| *x *= inv);
+    masked.fill(0.0);
+}

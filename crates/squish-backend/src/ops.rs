@@ -53,19 +53,26 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Res
     // (b, kv_heads, group * q_len, d): rows are (query head in group, position)
     let q = q.reshape((b, kv_heads, group * q_len, d))?;
     let scale = 1.0 / (d as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?; // (b, kv_heads, group * q_len, kv_len)
-    let scores = if q_len > 1 {
-        let mask = causal_mask(q_len, kv_len, start, q.device())?; // (q_len, kv_len)
-        scores.reshape((b, kv_heads, group, q_len, kv_len))?.broadcast_add(&mask)?.reshape((
-            b,
-            kv_heads,
-            group * q_len,
-            kv_len,
-        ))?
+    let raw = q.matmul(&k.t()?)?; // (b, kv_heads, group * q_len, kv_len)
+    let probs = if raw.device().is_cpu() {
+        let mut s = raw.flatten_all()?.to_vec1::<f32>()?;
+        crate::attention_cpu::causal_softmax_in_place(&mut s, q_len, kv_len, start, scale as f32);
+        Tensor::from_vec(s, raw.shape(), raw.device())?
     } else {
-        scores
+        let scores = (raw * scale)?;
+        let scores = if q_len > 1 {
+            let mask = causal_mask(q_len, kv_len, start, q.device())?; // (q_len, kv_len)
+            scores.reshape((b, kv_heads, group, q_len, kv_len))?.broadcast_add(&mask)?.reshape((
+                b,
+                kv_heads,
+                group * q_len,
+                kv_len,
+            ))?
+        } else {
+            scores
+        };
+        candle_nn::ops::softmax_last_dim(&scores)?
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(v)?; // (b, kv_heads, group * q_len, d)
     let out = out.reshape((b, heads, q_len, d))?.transpose(1, 2)?; // (b, q_len, heads, d)
     Ok(out.reshape((b, q_len, heads * d))?)
