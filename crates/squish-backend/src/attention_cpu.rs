@@ -105,6 +105,21 @@ fn attend_body(q: &[f32], k: &[f32], v: &[f32], stride: usize, seen: usize, scal
     o.iter_mut().for_each(|x| *x *= inv);
 }
 
+/// A reduction in 16 independent lanes (then across them), so it vectorizes: a single
+/// running float accumulator cannot be reordered by the compiler.
+#[inline(always)]
+fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = f(acc[l], c[l]);
+        }
+    }
+    acc.iter().fold(rest, |a, &x| f(a, x))
+}
+
 /// Dot product in 16 independent lanes, so it vectorizes without reassociation flags.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -159,12 +174,11 @@ unsafe fn softmax_row_avx2(row: &mut [f32], seen: usize, scale: f32) {
 #[inline(always)]
 fn softmax_row_body(row: &mut [f32], seen: usize, scale: f32) {
     let (live, masked) = row.split_at_mut(seen);
-    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
-    let mut sum = 0.0;
+    let max = lanes(live, f32::NEG_INFINITY, |m, x| if x > m { x } else { m }) * scale;
     for x in live.iter_mut() {
         *x = exp(*x * scale - max);
-        sum += *x;
     }
+    let sum = lanes(live, 0.0, |a, x| a + x);
     let inv = 1.0 / sum;
     live.iter_mut().for_each(|x| *x *= inv);
     masked.fill(0.0);
