@@ -118,7 +118,7 @@ pub fn convert(
     for (index, choice) in choices.iter().enumerate() {
         progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
         let tap = Tap::of_weight(&choice.spec.name);
-        let calib = stats.as_ref().zip(tap).map(|(s, tap)| (s, tap));
+        let calib = stats.as_ref().zip(tap);
         let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
         for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, calib)) {
             if writer.as_ref().is_none_or(ShardWriter::is_complete) {
