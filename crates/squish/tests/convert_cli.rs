@@ -178,3 +178,19 @@ fn eval_on_too_short_a_text_is_a_clear_error() {
     let o = squish().args(["eval", "--ctx", "64", "--text"]).arg(&text).arg(tiny("llama")).output().unwrap();
     assert_clean_failure(&o, "perplexity needs at least one window of --ctx 64");
 }
+
+#[test]
+fn calibrated_conversion_records_its_calibration() {
+    let dir = scratch("calibrated").join("m");
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let o = convert(&tiny("qwen2"), "int4", &dir, &["--calib", text.to_str().unwrap(), "--calib-tokens", "600"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("calibration"), "{}", stdout(&o));
+    let o = squish().args(["info", "--json"]).arg(&dir).output().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tokens = m["calibration"]["tokens"].as_u64().unwrap();
+    assert!((600..=602).contains(&tokens), "{tokens}");
+    assert_eq!(m["calibration"]["sha256"].as_str().unwrap().len(), 64);
+    let o = squish().args(["run", "--raw", "-n", "4", "--prompt", "hello"]).arg(&dir).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
