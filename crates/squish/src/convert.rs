@@ -46,7 +46,7 @@ pub struct ConvertArgs {
     /// Scheme for the token embeddings and LM head [default: the same as --to]
     #[arg(long, value_enum)]
     pub embedding: Option<To>,
-    /// Calibration text: weights rounding errors by how strongly each input channel fires (activation-aware); without it, all channels weigh the same
+    /// Calibration text (activation-aware): int4 runs GPTQ error feedback through each layer's input statistics, int8 weighs rounding errors by how strongly each input channel fires; without it, a data-free clipping search where all channels weigh the same
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// Most calibration tokens to use (more is better and slower: on SmolLM2-135M, 30k tokens

@@ -12,7 +12,7 @@ mod setup;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "squish", version, about = "Compress, run and serve LLMs on CPU and GPU", long_about = None)]
+#[command(name = "squish", version, about = "Compress LLMs to INT4/INT8 and run them: chat, perplexity, speed (CPU today)", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
