@@ -13,3 +13,5 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" RAYON_NUM_THREADS="${RAYON_NU
 scripts/fetch-models.sh >/dev/null
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked "$@"
+# The ARM kernels, under emulation (skipped with a message where the toolchain cannot be had).
+scripts/test-aarch64.sh

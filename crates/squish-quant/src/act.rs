@@ -137,6 +137,8 @@ fn quantize_token(isa: Isa, x: &[f32], g: usize, out: TokenOut) {
         // lengths are the ones `ActQ8::quantize` sized from the same k and g.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { crate::x86::act::quantize_token(x, g, out) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::DotProd => quantize_token_scalar(x, g, out),
         Isa::Scalar => quantize_token_scalar(x, g, out),
     }
 }

@@ -8,11 +8,17 @@
 //! - `Avx2`: avx2/fma/f16c: `maddubs` + `madd` (Haswell+, Zen 1-3).
 //! - `Scalar`: portable code computing the same sums.
 //!
+//! On aarch64, best first: `DotProd` (NEON + dotprod: `sdot`), `Neon` (`smull` +
+//! `sadalp`), `Scalar`. Both NEON paths differ from `Scalar` only in how the INT4 kernel
+//! forms its integer block sums, and run the scalar float operations in the scalar order:
+//! bit-identical results. Both run the same NEON INT8 kernel (f32 FMAs, its own summation
+//! order); the activation quantizer runs the scalar code there.
+//!
 //! The VNNI paths differ from `Avx2` only in the INT4 kernel, and give its exact integer
 //! sums (so bit-identical results); INT8 and the activation quantizer run the AVX2 code.
 //! The exception: `Avx512Vnni` runs INT4 calls of 16+ tokens on `x86::int4_gemm` (512-bit
 //! dots in tiles of 16 rows x 8 tokens, another float summation order).
-//! `SQUISH_ISA` (scalar, avx2, avxvnni, avx512vnni), read once, caps the choice at that
+//! `SQUISH_ISA` (scalar, avx2, avxvnni, avx512vnni; on aarch64 scalar, neon, dotprod), read once, caps the choice at that
 //! path: for comparisons and for testing a CPU's fallbacks.
 
 use std::sync::OnceLock;
@@ -31,6 +37,13 @@ pub(crate) enum Isa {
     /// avx2/fma/f16c + avx512vnni + avx512vl + avx512f + avx512bw.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
+    /// aarch64 NEON (always present on aarch64, checked anyway): the INT4 kernel's integer
+    /// dots are `smull` + `sadalp`.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// NEON + dotprod: the INT4 kernel's integer dots are `sdot`.
+    #[cfg(target_arch = "aarch64")]
+    DotProd,
 }
 
 impl Isa {
@@ -43,6 +56,10 @@ impl Isa {
             Isa::AvxVnni => "avxvnni",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => "avx512vnni",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => "neon",
+            #[cfg(target_arch = "aarch64")]
+            Isa::DotProd => "dotprod",
         }
     }
 }
@@ -65,6 +82,13 @@ pub(crate) fn available() -> Vec<Isa> {
             v.push(Isa::Avx512Vnni);
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        v.push(Isa::Neon);
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            v.push(Isa::DotProd);
+        }
+    }
     v
 }
 
@@ -78,7 +102,9 @@ pub(crate) fn detect() -> Isa {
         let cap = std::env::var("SQUISH_ISA").ok().and_then(|c| {
             #[cfg(target_arch = "x86_64")]
             let names = [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            let names = [Isa::Scalar, Isa::Neon, Isa::DotProd];
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             let names = [Isa::Scalar];
             names.into_iter().find(|i| i.name() == c.trim())
         });
@@ -86,7 +112,8 @@ pub(crate) fn detect() -> Isa {
     })
 }
 
-/// The name of the path `detect` chose ("avx512vnni", "avxvnni", "avx2" or "scalar").
+/// The name of the path `detect` chose ("avx512vnni", "avxvnni", "avx2", "dotprod", "neon"
+/// or "scalar").
 pub fn kernel_isa() -> &'static str {
     detect().name()
 }

@@ -14,8 +14,9 @@
 //! views ([`Int4Matrix`], [`Int8Matrix`]) of slices such as an mmapped file's, run on the
 //! current rayon pool (calls too small to split stay on the calling thread), and
 //! allocate nothing per decode call once warm. The kernel family is chosen at run time
-//! (best first: AVX512-VNNI, AVX-VNNI, AVX2+FMA+F16C, else a portable scalar path
-//! computing the same sums; [`kernel_isa`] names it, `SQUISH_ISA` caps it). A token's result does not
+//! (best first: AVX512-VNNI, AVX-VNNI, AVX2+FMA+F16C on x86-64, NEON+dotprod then NEON
+//! on aarch64 (INT4 only), else a portable scalar path computing the same sums;
+//! [`kernel_isa`] names it, `SQUISH_ISA` caps it). A token's result does not
 //! depend, bit for bit, on the thread count, nor on the batch it comes in, with one
 //! exception: on AVX512-VNNI, INT4 calls of 16 tokens or more run a register-blocked
 //! prefill kernel whose float summation order differs, so there a token's result is the
@@ -34,6 +35,8 @@ mod isa;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 
 #[cfg(test)]
 mod tests;

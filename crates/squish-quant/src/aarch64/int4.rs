@@ -112,7 +112,14 @@ unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &m
     assert!(k % 64 == 0 && g % 32 == 0 && k % g == 0);
     // Per (row, token): the block sums of one 64-input block at a time, then the scalar
     // path's float operations in its order.
-    let mut isums = vec_buf(nb);
+    // The block sums of one (row, token): on the stack for K up to 16384, else on the heap.
+    let (mut stack, mut heap) = ([0i32; STACK_BLOCKS], Vec::new());
+    let isums: &mut [i32] = if nb <= STACK_BLOCKS {
+        &mut stack[..nb]
+    } else {
+        heap.resize(nb, 0);
+        &mut heap
+    };
     for (i, out) in outs.iter_mut().enumerate() {
         let tok = t0 + i;
         let q = a.q.as_ptr().add(tok * k);
@@ -140,38 +147,5 @@ unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &m
     }
 }
 
-/// A small per-task buffer of block sums (stack for common K, heap beyond).
-fn vec_buf(nb: usize) -> Buf {
-    if nb <= STACK_BLOCKS {
-        Buf::Stack([0; STACK_BLOCKS])
-    } else {
-        Buf::Heap(vec![0; nb])
-    }
-}
-
-/// 32-input blocks whose sums fit on the stack (K up to 16384).
+/// 32-input blocks whose sums fit on the stack (2 KB: K up to 16384).
 const STACK_BLOCKS: usize = 512;
-
-enum Buf {
-    Stack([i32; STACK_BLOCKS]),
-    Heap(Vec<i32>),
-}
-
-impl core::ops::Deref for Buf {
-    type Target = [i32];
-    fn deref(&self) -> &[i32] {
-        match self {
-            Buf::Stack(a) => a,
-            Buf::Heap(v) => v,
-        }
-    }
-}
-
-impl core::ops::DerefMut for Buf {
-    fn deref_mut(&mut self) -> &mut [i32] {
-        match self {
-            Buf::Stack(a) => a,
-            Buf::Heap(v) => v,
-        }
-    }
-}

@@ -2,7 +2,8 @@
 //! runs each task on an x86 kernel (AVX512-VNNI, AVX-VNNI or AVX2: the same integer sums,
 //! the same results) or the portable scalar one (the same sums). On AVX512-VNNI, calls of
 //! `GEMM_MIN_T` (16) tokens or more take the prefill kernel `x86::int4_gemm` instead (the
-//! same integer sums, another float summation order).
+//! same integer sums, another float summation order). On aarch64 it runs `aarch64::int4`
+//! (NEON integer dots, the scalar path's float operations: bit-identical to it).
 
 use super::Int4Matrix;
 use crate::act::{with_scratch, ActQ8};
@@ -51,6 +52,12 @@ fn run_task(isa: Isa, w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mu
         Isa::Avx512Vnni if a.t >= crate::x86::int4_gemm::GEMM_MIN_T => unsafe { crate::x86::int4_gemm::task(w, a, r0, t0, outs) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { crate::x86::int4::task_avx512vnni(w, a, r0, t0, outs) },
+        // SAFETY: as above: `Neon` and `DotProd` exist only after neon (and dotprod) were
+        // detected; the kernel asserts its bounds.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { crate::aarch64::int4::task_neon(w, a, r0, t0, outs) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::DotProd => unsafe { crate::aarch64::int4::task_dotprod(w, a, r0, t0, outs) },
         Isa::Scalar => {
             for (i, out) in outs.iter_mut().enumerate() {
                 for (j, y) in out.iter_mut().enumerate() {

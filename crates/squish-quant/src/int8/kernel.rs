@@ -1,6 +1,6 @@
 //! The INT8 matmul entry: splits the output over threads and runs each task on the AVX2
-//! kernel or the portable scalar one. Activations stay f32; weights are dequantized
-//! exactly as `dequantize` does (scale · q) and multiplied in.
+//! kernel, the aarch64 NEON one or the portable scalar one. Activations stay f32; weights
+//! are dequantized exactly as `dequantize` does (scale · q) and multiplied in.
 
 use super::{dequant, Int8Matrix};
 use crate::isa::{detect, Isa};
@@ -34,12 +34,19 @@ fn run_task(isa: Isa, w: &Int8Matrix, x: &[f32], r0: usize, t0: usize, outs: &mu
         // AVX2 kernel: it has no integer dots); the kernel asserts the bounds it relies on.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { crate::x86::int8::task(w, x, r0, t0, outs) },
-        Isa::Scalar => {
-            for (i, out) in outs.iter_mut().enumerate() {
-                for (j, y) in out.iter_mut().enumerate() {
-                    *y = scalar_dot(w, x, r0 + j, t0 + i);
-                }
-            }
+        // SAFETY: `Neon` and `DotProd` exist only after neon was detected; the kernel
+        // asserts the bounds it relies on.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::DotProd => unsafe { crate::aarch64::int8::task(w, x, r0, t0, outs) },
+        Isa::Scalar => scalar_task(w, x, r0, t0, outs),
+    }
+}
+
+/// The portable task.
+fn scalar_task(w: &Int8Matrix, x: &[f32], r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    for (i, out) in outs.iter_mut().enumerate() {
+        for (j, y) in out.iter_mut().enumerate() {
+            *y = scalar_dot(w, x, r0 + j, t0 + i);
         }
     }
 }

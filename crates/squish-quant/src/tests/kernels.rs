@@ -1,6 +1,7 @@
 //! The matmul kernels against the scalar references on many shapes, on every path the CPU
-//! runs (scalar, AVX2, AVX-VNNI, AVX512-VNNI), and their invariances: the result
-//! for a token does not depend on the batch it came in or on the thread count.
+//! runs (scalar, AVX2, AVX-VNNI, AVX512-VNNI; on aarch64 NEON, NEON+dotprod), and their
+//! invariances: the result for a token does not depend on the batch it came in or on the
+//! thread count.
 
 use super::util::{on_pool, Rng};
 use crate::act::{ActQ8, CODE_CENTER};
@@ -155,7 +156,10 @@ fn int4_gemm(isa: Isa, t: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return isa == Isa::Avx512Vnni && t >= crate::x86::int4_gemm::GEMM_MIN_T;
     #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    {
+        let _ = (isa, t);
+        false
+    }
 }
 
 /// A token's output is bit-identical whatever the thread count and whatever batch it comes
@@ -309,4 +313,28 @@ fn int4_matmul_checks_x() {
 fn int8_matmul_checks_out() {
     let q = int8::quantize(&[0.5; 128], 2, 64, 32, None);
     int8::matmul(&q.view(), &[0.0; 64], 1, &mut [0.0; 3]);
+}
+
+/// The aarch64 INT4 paths (NEON, NEON + dotprod) form the scalar path's integer sums and
+/// run its float operations in its order: bit-identical to it, decode and prefill.
+#[test]
+fn int4_neon_paths_match_scalar_bit_for_bit() {
+    #[cfg(target_arch = "aarch64")]
+    let paths: Vec<Isa> = available().into_iter().filter(|&i| matches!(i, Isa::Neon | Isa::DotProd)).collect();
+    #[cfg(not(target_arch = "aarch64"))]
+    let paths: Vec<Isa> = Vec::new();
+    let cases = [(1000, 576, 64, 77), (17, 1536, 128, 1), (3, 64, 32, 9), (40, 128, 32, 8), (13, 192, 64, 2)];
+    for (case, (n, k, g, t)) in cases.into_iter().enumerate() {
+        let (q, x) = int4_case(n, k, g, t, 60 + case as u64);
+        let bits = |isa: Isa| {
+            let mut o = vec![0.0f32; t * n];
+            mm4(isa, &q.view(), &x, t, &mut o);
+            o.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let want = bits(Isa::Scalar);
+        for &isa in &paths {
+            assert!(bits(isa) == want, "{isa:?} differs from scalar at n{n} k{k} g{g} t{t}");
+        }
+    }
+    eprintln!("int4 aarch64 paths checked against scalar: {paths:?}");
 }
