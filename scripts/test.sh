@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: fetches the real model once (cached outside the repo), then runs every
-# test with the one build profile (release: optimised, incremental). Reuses a target dir
-# outside the clone when one exists, so CI on a warm machine does not rebuild candle.
+# test with the one build profile (release: optimised, incremental), then the ARM kernels
+# under emulation, and ends with one line totalling every test binary's results. Reuses a
+# target dir outside the clone when one exists, so CI on a warm machine does not rebuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,8 +11,11 @@ source scripts/env.sh
 # slow each other down far more than they gain.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 scripts/fetch-models.sh >/dev/null
 cargo build --release --workspace --locked
-cargo test --release --workspace --locked "$@"
+cargo test --release --workspace --locked "$@" 2>&1 | tee -a "$log"
 # The ARM kernels, under emulation (skipped with a message where the toolchain cannot be had).
-scripts/test-aarch64.sh
+scripts/test-aarch64.sh 2>&1 | tee -a "$log"
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "total: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
