@@ -11,6 +11,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Prepend BOS to plain prompts ourselves (GGUF); HF tokenizers do it in their post-processor.
     add_bos: bool,
+    /// Whether plain prompts start with BOS either way: decided once, at construction.
+    starts_with_bos: bool,
     bos: Option<u32>,
     eos: Vec<u32>,
     chat_template: Option<String>,
@@ -24,7 +26,9 @@ impl Tokenizer {
         eos: Vec<u32>,
         chat_template: Option<String>,
     ) -> Self {
-        Self { inner, add_bos, bos, eos, chat_template }
+        let post_processor_adds =
+            bos.is_some_and(|b| inner.encode("a", true).is_ok_and(|e| e.get_ids().first() == Some(&b)));
+        Self { starts_with_bos: add_bos && bos.is_some() || post_processor_adds, inner, add_bos, bos, eos, chat_template }
     }
 
     /// From `tokenizer.json` + `tokenizer_config.json`; `config_eos` are the ids from config.json
@@ -102,7 +106,7 @@ impl Tokenizer {
 
     /// Whether plain prompts start with BOS (it is prepended by `encode(.., true)`).
     pub fn adds_bos(&self) -> bool {
-        self.add_bos || self.bos.is_some_and(|b| self.inner.encode("a", true).is_ok_and(|e| e.get_ids().first() == Some(&b)))
+        self.starts_with_bos
     }
 
     /// The tokenizer in `tokenizer.json` form.
