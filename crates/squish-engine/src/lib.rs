@@ -4,9 +4,11 @@
 //! It owns no I/O: text goes to a callback.
 
 mod bench;
+mod constraint;
 mod perplexity;
 
 pub use bench::{bench_run, BenchRun};
+pub use constraint::{Constraint, ConstraintError, ConstraintFactory, OutputFormat};
 pub use perplexity::{perplexity, BaseComparison, PerplexityReport};
 use squish_model::{KvCache, Model, ModelError, Sampler, SamplingParams, TextStream};
 use std::sync::atomic::{AtomicBool, Ordering};

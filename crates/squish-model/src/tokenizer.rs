@@ -125,6 +125,57 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The bytes each token id stands for, indexed by id (`vocab_size()` entries; an id with no
+    /// token is empty): byte-level BPE pieces through GPT-2's byte-to-unicode map ('Ġ' is a
+    /// space), SentencePiece pieces with '▁' as a space and `<0xNN>` as that byte. Special
+    /// tokens (added tokens marked special, or spelled `<...>`) come back as 0xFF followed by
+    /// their text: 0xFF never occurs in UTF-8, so no text can spell them (toktrie's convention).
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        use tokenizers::DecoderWrapper;
+        fn byte_level(d: &DecoderWrapper) -> bool {
+            match d {
+                DecoderWrapper::ByteLevel(_) => true,
+                DecoderWrapper::Sequence(s) => s.get_decoders().iter().any(byte_level),
+                _ => false,
+            }
+        }
+        let byte_level = self.inner.get_decoder().is_some_and(byte_level);
+        // GPT-2's map: printable bytes stand for themselves, the rest for U+0100 onwards in order.
+        let mut unicode_to_byte = std::collections::HashMap::new();
+        let mut next = 0x100u32;
+        for b in 0..=255u8 {
+            let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+            let c = if printable { Some(char::from(b)) } else { char::from_u32(next) };
+            if !printable {
+                next += 1;
+            }
+            if let Some(c) = c {
+                unicode_to_byte.insert(c, b);
+            }
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if let Some(t) = added.get(&id) {
+                    if t.special || (t.content.starts_with('<') && t.content.ends_with('>')) {
+                        return [&[0xFF], t.content.as_bytes()].concat();
+                    }
+                    return t.content.clone().into_bytes();
+                }
+                let Some(piece) = self.inner.id_to_token(id) else { return Vec::new() };
+                if byte_level {
+                    let mapped: Option<Vec<u8>> = piece.chars().map(|c| unicode_to_byte.get(&c).copied()).collect();
+                    return mapped.unwrap_or_else(|| piece.into_bytes());
+                }
+                let hex = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'));
+                match hex.filter(|h| h.len() == 2).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => vec![b],
+                    None => piece.replace('\u{2581}', " ").into_bytes(),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Turns generated ids into text piece by piece, never emitting half of a UTF-8 character or
