@@ -68,8 +68,8 @@ impl ConstraintFactory {
     /// A fresh matcher for one sequence. A bad schema or grammar is `ConstraintError::Invalid`.
     pub fn start(&self, format: &OutputFormat) -> Result<Constraint, ConstraintError> {
         let (grammar, what) = match format {
-            OutputFormat::JsonObject => (TopLevelGrammar::from_json_schema(json!({"type": "object"})), "JSON schema"),
-            OutputFormat::JsonSchema(schema) => (TopLevelGrammar::from_json_schema(schema.clone()), "JSON schema"),
+            OutputFormat::JsonObject => (TopLevelGrammar::from_json_schema(compact(json!({"type": "object"}))), "JSON schema"),
+            OutputFormat::JsonSchema(schema) => (TopLevelGrammar::from_json_schema(compact(schema.clone())), "JSON schema"),
             OutputFormat::Lark(grammar) => (TopLevelGrammar::from_lark(grammar.clone()), "grammar"),
         };
         let parser = self
@@ -82,6 +82,17 @@ impl ConstraintFactory {
         }
         Ok(Constraint { matcher, vocab: self.parser_factory.tok_env().tok_trie().vocab_size() })
     }
+}
+
+/// JSON laid out one way (`{"a": 1, "b": [2, 3]}`): with free whitespace a small model can
+/// pad forever between tokens, and a fixed layout lets the grammar end right at the closing
+/// brace. A schema that sets its own `x-guidance` options keeps them.
+fn compact(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(obj) = schema.as_object_mut() {
+        obj.entry("x-guidance")
+            .or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+    }
+    schema
 }
 
 /// One sequence's position in the grammar.

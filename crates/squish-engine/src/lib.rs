@@ -1,16 +1,19 @@
-//! Generation for one sequence: prefill the prompt (reusing whatever prefix the KV cache
-//! already holds), then decode token by token with the sampler, streaming text, until an
-//! end-of-sequence token, the token limit, the context's end, or cancellation.
-//! It owns no I/O: text goes to a callback.
+//! Generation: one sequence at a time for the CLI (`Session`), and the serving engine that
+//! batches many (`Engine`); perplexity and speed measurement. It owns no I/O: text goes to a
+//! callback or a channel.
 
 mod bench;
 mod constraint;
+mod engine;
 mod perplexity;
 
 pub use bench::{bench_run, BenchRun};
+pub use engine::{Engine, EngineConfig, Event, Load, Request, StopMatcher, SubmitError, TokenLogprob, Usage};
 pub use constraint::{Constraint, ConstraintError, ConstraintFactory, OutputFormat};
 pub use perplexity::{perplexity, BaseComparison, PerplexityReport};
-use squish_model::{KvCache, Model, ModelError, Sampler, SamplingParams, TextStream};
+/// What callers of the engine need of the model, so they need not depend on squish-model.
+pub use squish_model::{tensor_plan, ChatTemplate, Message, Model, ModelError, SamplingParams, Tokenizer};
+use squish_model::{KvCache, Sampler, TextStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 

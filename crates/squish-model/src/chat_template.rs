@@ -30,6 +30,23 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ModelError> {
+        self.render_with_tools(&messages, None, add_generation_prompt)
+    }
+
+    /// Whether the template itself lays out tool definitions (else the caller must describe
+    /// them in a system message).
+    pub fn knows_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// Renders any serializable message list (OpenAI-shaped, with `tool_calls` and tool
+    /// results) and the tool definitions, for templates that use them.
+    pub fn render_with_tools(
+        &self,
+        messages: &impl Serialize,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -41,6 +58,7 @@ impl ChatTemplate {
         let tmpl = env.template_from_str(&self.source).map_err(|e| ModelError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,

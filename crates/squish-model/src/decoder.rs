@@ -186,7 +186,7 @@ impl Decoder {
     /// Runs `tokens` after the ones already in `cache` and returns the final hidden states.
     /// -> (1, tokens.len(), hidden)
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        self.forward_observed(tokens, cache, &mut NoObserver)
+        self.forward_batch(&mut [Step { tokens, cache }])
     }
 
     /// `forward`, showing the inputs of every linear layer to `obs`.
@@ -196,15 +196,29 @@ impl Decoder {
         cache: &mut KvCache,
         obs: &mut dyn Observer,
     ) -> Result<Tensor, ModelError> {
-        let start = cache.len();
-        if start + tokens.len() > cache.capacity() {
-            return Err(ModelError::PromptTooLong { prompt: start + tokens.len(), ctx: cache.capacity() });
+        self.run(&mut [Step { tokens, cache }], obs)
+    }
+
+    /// Runs several sequences' new tokens as one forward: the linear layers see every row at
+    /// once (one pass over the weights for the whole batch); attention runs per sequence over
+    /// its own cache. -> (1, total tokens, hidden), rows in step order.
+    pub fn forward_batch(&self, steps: &mut [Step<'_>]) -> Result<Tensor, ModelError> {
+        self.run(steps, &mut NoObserver)
+    }
+
+    fn run(&self, steps: &mut [Step<'_>], obs: &mut dyn Observer) -> Result<Tensor, ModelError> {
+        let mut ids = Vec::new();
+        for s in steps.iter() {
+            if s.cache.len() + s.tokens.len() > s.cache.capacity() {
+                return Err(ModelError::PromptTooLong { prompt: s.cache.len() + s.tokens.len(), ctx: s.cache.capacity() });
+            }
+            ids.extend_from_slice(s.tokens);
         }
-        let mut x = self.embed.rows(tokens, &self.device)?.unsqueeze(0)?; // (1, t, hidden)
+        let mut x = self.embed.rows(&ids, &self.device)?.unsqueeze(0)?; // (1, t, hidden)
         for (i, layer) in self.layers.iter().enumerate() {
             let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
             obs.observe(Tap::AttnIn(i), &n)?;
-            let a = self.attention(&layer.attn, &n, cache, i, start)?;
+            let a = self.attention(&layer.attn, &n, steps, i)?;
             obs.observe(Tap::AttnOut(i), &a)?;
             x = (x + layer.attn.o.forward(&a)?)?;
             let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
@@ -213,7 +227,9 @@ impl Decoder {
             obs.observe(Tap::MlpMid(i), &mid)?;
             x = (x + layer.down.forward(&mid)?)?;
         }
-        cache.commit(tokens);
+        for s in steps.iter_mut() {
+            s.cache.commit(s.tokens);
+        }
         Ok(rms_norm(&x, &self.norm, self.eps())?)
     }
 
@@ -233,29 +249,48 @@ impl Decoder {
         self.cfg.rms_eps as f32
     }
 
-    /// x: (1, t, hidden) -> attention output before o_proj (1, t, heads * head_dim)
-    fn attention(
-        &self,
-        a: &Attention,
-        x: &Tensor,
-        cache: &mut KvCache,
-        layer: usize,
-        start: usize,
-    ) -> Result<Tensor, ModelError> {
-        let (b, t, _) = x.dims3()?;
+    /// Logits of chosen rows of `hidden` (1, t, hidden), one plain vector per row.
+    pub fn logits_at(&self, hidden: &Tensor, rows: &[usize]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), hidden.device())?;
+        let picked = hidden.index_select(&idx, 1)?; // (1, rows, hidden)
+        Ok(self.logits(&picked)?.squeeze(0)?.to_vec2()?)
+    }
+
+    /// x: (1, t, hidden), the rows of every step in order -> attention output before o_proj
+    /// (1, t, heads * head_dim)
+    fn attention(&self, a: &Attention, x: &Tensor, steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
         let hd = self.cfg.head_dim;
-        // (1, t, heads * hd) -> (1, heads, t, hd)
-        let split = |y: Tensor, heads: usize, norm: &Option<Tensor>| -> Result<Tensor, ModelError> {
-            let mut y = y.reshape((b, t, heads, hd))?;
+        let (q_all, k_all, v_all) = (a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?);
+        // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
+        let split = |y: Tensor, heads: usize, norm: &Option<Tensor>, start: usize| -> Result<Tensor, ModelError> {
+            let t = y.dim(1)?;
+            let mut y = y.reshape((1, t, heads, hd))?;
             if let Some(w) = norm {
                 y = rms_norm(&y, w, self.eps())?;
             }
             Ok(self.rope.apply(&y.transpose(1, 2)?, start)?)
         };
-        let q = split(a.q.forward(x)?, self.cfg.heads, &a.q_norm)?;
-        let k = split(a.k.forward(x)?, self.cfg.kv_heads, &a.k_norm)?;
-        let v = a.v.forward(x)?.reshape((b, t, self.cfg.kv_heads, hd))?.transpose(1, 2)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        Ok(causal_attention(&q, &k, &v, start)?) // (1, t, heads * hd)
+        let mut outs = Vec::with_capacity(steps.len());
+        let mut row = 0;
+        for s in steps.iter_mut() {
+            let (t, start) = (s.tokens.len(), s.cache.len());
+            let part = |y: &Tensor| y.narrow(1, row, t); // a view; the whole tensor for one step
+            let q = split(part(&q_all)?, self.cfg.heads, &a.q_norm, start)?;
+            let k = split(part(&k_all)?, self.cfg.kv_heads, &a.k_norm, start)?;
+            let v = part(&v_all)?.reshape((1, t, self.cfg.kv_heads, hd))?.transpose(1, 2)?;
+            let (k, v) = s.cache.append(layer, &k, &v)?;
+            outs.push(causal_attention(&q, &k, &v, start)?); // (1, t, heads * hd)
+            row += t;
+        }
+        Ok(if outs.len() == 1 { outs.pop().expect("one step") } else { Tensor::cat(&outs, 1)? })
     }
+}
+
+/// One sequence's share of a batched forward: new tokens to run after those its cache holds.
+pub struct Step<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
 }

@@ -15,7 +15,7 @@ mod weights;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{Arch, ModelConfig, RopeScaling};
-pub use decoder::{tensor_plan, Decoder, Observer, Tap, TensorSpec};
+pub use decoder::{tensor_plan, Decoder, Observer, Step, Tap, TensorSpec};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -7,12 +7,13 @@ mod default_model;
 mod eval;
 mod info;
 mod run;
+mod serve;
 mod setup;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "squish", version, about = "Compress LLMs to INT4/INT8 and run them: chat, perplexity, speed (CPU today)", long_about = None)]
+#[command(name = "squish", version, about = "Compress LLMs to INT4/INT8 and run them: chat, HTTP serving, perplexity, speed (CPU today)", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +31,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Measure load time, prefill and decode speed (llama-bench style)
     Bench(bench::BenchArgs),
+    /// Serve a model over OpenAI- and Ollama-compatible HTTP APIs, batching concurrent requests
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Info(args) => info::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
