@@ -1,4 +1,5 @@
 //! `squish bench`: load time, prefill and decode speed, peak memory; llama-bench-style table.
+//! With `--server URL` it hands over to `bench_server`, which measures running servers instead.
 
 use crate::{default_model, setup};
 use anyhow::Result;
@@ -11,7 +12,17 @@ use std::time::Instant;
 #[derive(Args)]
 #[command(after_help = "Compare with llama.cpp on the same machine in the same session:
   squish bench smollm2-int4 -p 512 -n 128 -t 2
-  llama-bench -m model.gguf -p 512 -n 128 -t 2")]
+  llama-bench -m model.gguf -p 512 -n 128 -t 2
+
+Serving: each request is a streamed POST /v1/completions (temperature 0, ignore_eos) whose
+prompt starts with a per-run and a per-request number, so no prefix cache can answer it, then
+English prose (or --prompt-file) sized to --prompt-tokens. Per concurrency level:
+time to first token (request sent to the first chunk with text) and inter-token latency
+(gaps between text chunks) p50/p95, aggregate tokens/s (all tokens / the level's wall time)
+and per-stream tokens/s. Servers take turns level by level, after one warm-up each:
+  squish serve --port 18101 &
+  llama-server -m model.gguf --port 18102 -np 8 &
+  squish bench --server http://127.0.0.1:18101 --server http://127.0.0.1:18102 --concurrency 1,8")]
 pub struct BenchArgs {
     /// The model [default: the default model]
     pub model: Option<PathBuf>,
@@ -33,9 +44,14 @@ pub struct BenchArgs {
     /// Where to run: auto, cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "auto")]
     pub device: String,
+    #[command(flatten)]
+    pub serving: crate::bench_server::ServerArgs,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if !args.serving.servers.is_empty() {
+        return crate::bench_server::run(&args.serving, args.json);
+    }
     let (device, threads) = setup::device(&args.device, args.threads)?;
     let path = default_model::resolve(args.model.clone())?;
     let ctx = Some(args.p.max(args.n + 1).max(8));

@@ -2,6 +2,7 @@
 //! Errors reach the user as one line on stderr and exit code 2; never a panic or backtrace.
 
 mod bench;
+mod bench_server;
 mod convert;
 mod default_model;
 mod eval;
@@ -29,7 +30,7 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure perplexity on a text file
     Eval(eval::EvalArgs),
-    /// Measure load time, prefill and decode speed (llama-bench style)
+    /// Measure load time, prefill and decode speed (llama-bench style), or running servers (--server)
     Bench(bench::BenchArgs),
     /// Serve a model over OpenAI- and Ollama-compatible HTTP APIs, batching concurrent requests
     Serve(serve::ServeArgs),
