@@ -116,3 +116,25 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}"), None))
 }
+
+/// Errors axum produces itself (413 for a body over the limit, 405, 415, ...) come as plain
+/// text; this rewrites them into the route family's JSON shape, keeping the status.
+pub async fn shape_plain_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let ollama = req.uri().path().starts_with("/api/");
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "The request body is larger than this server accepts (see --max-body)".to_string(),
+        s => s.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let err = ApiError { status, message, param: None, code: None };
+    if ollama {
+        err.ollama().into_response()
+    } else {
+        err.into_response()
+    }
+}

@@ -91,6 +91,7 @@ pub fn router(engine: Arc<Engine>, opts: &ServerOptions) -> Result<Router, prome
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(opts.max_body))
+        .layer(axum::middleware::from_fn(error::shape_plain_errors))
         .with_state(state))
 }
 

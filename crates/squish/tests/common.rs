@@ -50,3 +50,30 @@ pub fn assert_clean_failure(o: &Output, needle: &str) {
     assert!(err.contains(needle), "`{needle}` not in: {err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
+
+/// SmolLM2 converted to `to` (int4, int8) once per build of the binary and shared by every
+/// test binary: the first caller converts, later ones reuse it. Keyed by the binary's mtime,
+/// so a rebuilt converter never meets a stale fixture.
+pub fn smollm2_converted(to: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = Path::new(env!("CARGO_BIN_EXE_squish"));
+    let stamp = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos())
+        .unwrap_or(0);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shared-models");
+    let out = root.join(format!("smollm2-{to}-{stamp:x}"));
+    if !out.join("squish.json").is_file() {
+        // Fixtures of earlier builds go.
+        for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().starts_with(&format!("smollm2-{to}-")) {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        let o = squish().arg("convert").arg(smollm2()).args(["--to", to, "-o"]).arg(&out).output().unwrap();
+        assert!(o.status.success(), "converting the shared fixture: {}", stderr(&o));
+    }
+    out
+}

@@ -5,25 +5,11 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 fn convert(src: &Path, to: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     squish().arg("convert").arg(src).args(["--to", to, "-o"]).arg(out).args(extra).output().unwrap()
 }
 
-/// SmolLM2 converted once per scheme and shared by the tests of this file.
-fn smollm2_as(to: &'static str) -> PathBuf {
-    static INT8: OnceLock<PathBuf> = OnceLock::new();
-    static INT4: OnceLock<PathBuf> = OnceLock::new();
-    let cell = if to == "int8" { &INT8 } else { &INT4 };
-    cell.get_or_init(|| {
-        let out = scratch(&format!("smollm2_{to}")).join("model");
-        let o = convert(&smollm2(), to, &out, &[]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        out
-    })
-    .clone()
-}
 
 fn greedy(model: &Path, prompt: &str, n: &str) -> String {
     let o = squish().args(["run", "--raw", "--temperature", "0", "-n", n, "--prompt", prompt]).arg(model).output().unwrap();
@@ -33,7 +19,7 @@ fn greedy(model: &Path, prompt: &str, n: &str) -> String {
 
 #[test]
 fn int8_keeps_the_greedy_text_of_the_base() {
-    let q = smollm2_as("int8");
+    let q = smollm2_converted("int8");
     for prompt in ["The capital of France is", "def fibonacci(n):"] {
         assert_eq!(greedy(&q, prompt, "24"), greedy(&smollm2(), prompt, "24"), "{prompt}");
     }
@@ -41,7 +27,7 @@ fn int8_keeps_the_greedy_text_of_the_base() {
 
 #[test]
 fn int4_writes_coherent_text() {
-    let out = greedy(&smollm2_as("int4"), "The capital of France is", "8");
+    let out = greedy(&smollm2_converted("int4"), "The capital of France is", "8");
     assert!(out.contains("Paris"), "{out}");
 }
 

@@ -1,8 +1,17 @@
 //! The owner loop. Each turn it takes in new requests, drops abandoned ones, admits waiting
-//! requests into free KV-cache slots (the slot whose cached tokens share the longest prefix
-//! with the prompt, so a repeated system prompt or chat history is not recomputed), then runs
-//! ONE batched forward holding every decoding sequence's next token plus a chunk of prompt
-//! tokens, samples each sequence that produced logits, and streams the results.
+//! requests into free KV-cache slots (the slot whose cache already holds the longest prefix
+//! of the prompt, so a repeated system prompt or few-shot preamble is not recomputed), then
+//! runs ONE batched forward holding every decoding sequence's next token plus chunks of
+//! prompt tokens, samples each sequence that produced logits, and streams the results.
+//!
+//! A request computes the same numbers whatever else runs and whatever the cache held: its
+//! prompt always runs in the same chunks (multiples of PREFILL_CHUNK from its start), the
+//! decoder keeps each sequence's rows apart from the batch's (see `Decoder::forward_batch`),
+//! and a cached prefix is reused only in whole chunks that were computed exactly that way.
+//! (Quantized models round activations to int8, which would turn any difference in float
+//! rounding into visibly different text.) The price: reuse happens in steps of
+//! PREFILL_CHUNK tokens, and generated tokens are recomputed when a chat's next turn
+//! includes them.
 
 use super::sequence::Sequence;
 use super::{Command, Event, Request, Shared};
@@ -17,7 +26,7 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Prompts run in chunks of this many tokens. Chunk boundaries depend only on the prompt
 /// and its cached prefix, never on what else is running, so a request computes the same
 /// numbers alone or in a crowd.
-const PREFILL_CHUNK: usize = 256;
+const PREFILL_CHUNK: usize = 128;
 /// Prompt tokens one step may run when no sequence is decoding; while others decode, one
 /// chunk, so a long prompt delays their next token only a little.
 const PREFILL_BUDGET_IDLE: usize = 2 * PREFILL_CHUNK;
@@ -25,6 +34,8 @@ const PREFILL_BUDGET_IDLE: usize = 2 * PREFILL_CHUNK;
 type Waiting = (Box<Request>, Option<Constraint>, UnboundedSender<Event>);
 
 pub(super) fn run(model: &Model, mut caches: Vec<KvCache>, rx: mpsc::Receiver<Command>, shared: &Shared) {
+    // Per slot: how many leading cached tokens were computed by whole prompt chunks.
+    let mut exact = vec![0usize; caches.len()];
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut running: Vec<Sequence<'_>> = Vec::new();
     let mut open = true;
@@ -52,9 +63,9 @@ pub(super) fn run(model: &Model, mut caches: Vec<KvCache>, rx: mpsc::Receiver<Co
         queue.retain(|(_, _, reply)| !reply.is_closed());
         shared.waiting.fetch_sub(before - queue.len(), Ordering::SeqCst);
         running.retain(|s| !s.abandoned());
-        admit(model, &mut caches, &mut queue, &mut running, shared);
+        admit(model, &mut caches, &mut exact, &mut queue, &mut running, shared);
         if !running.is_empty() {
-            let finished = on_compute_pool(|| step(model, &mut caches, &mut running));
+            let finished = on_compute_pool(|| step(model, &mut caches, &mut exact, &mut running));
             for (i, end) in finished.into_iter().rev() {
                 let seq = running.remove(i);
                 match end {
@@ -80,10 +91,11 @@ fn take(model: &Model, cmd: Command, queue: &mut VecDeque<Waiting>) {
 }
 
 /// Moves waiting requests into free slots, each into the slot that already holds the longest
-/// prefix of its prompt.
+/// reusable prefix of its prompt.
 fn admit<'m>(
     model: &'m Model,
     caches: &mut [KvCache],
+    exact: &mut [usize],
     queue: &mut VecDeque<Waiting>,
     running: &mut Vec<Sequence<'m>>,
     shared: &Shared,
@@ -92,15 +104,19 @@ fn admit<'m>(
         let Some((req, constraint, reply)) = queue.pop_front() else { return };
         shared.waiting.fetch_sub(1, Ordering::SeqCst);
         let busy: Vec<usize> = running.iter().map(|s| s.slot).collect();
-        let (slot, common) = (0..caches.len())
+        // Whole chunks computed as prompt chunks, shared with this prompt, leaving at least its
+        // last token to run (for logits); prompt log-probabilities need every position's.
+        let reusable = |i: usize| {
+            let common = common_prefix(caches[i].tokens(), &req.prompt).min(exact[i]).min(req.prompt.len() - 1);
+            if req.prompt_logprobs { 0 } else { common / PREFILL_CHUNK * PREFILL_CHUNK }
+        };
+        let (slot, reuse) = (0..caches.len())
             .filter(|i| !busy.contains(i))
-            .map(|i| (i, common_prefix(caches[i].tokens(), &req.prompt)))
-            .max_by_key(|&(i, c)| (c, std::cmp::Reverse(i)))
+            .map(|i| (i, reusable(i)))
+            .max_by_key(|&(i, r)| (r, std::cmp::Reverse(i)))
             .expect("a slot is free");
-        // Run at least the last prompt token, to get logits; prompt log-probabilities need
-        // every position's logits, so they reuse nothing.
-        let reuse = if req.prompt_logprobs { 0 } else { common.min(req.prompt.len() - 1) };
         caches[slot].truncate(reuse);
+        exact[slot] = reuse;
         running.push(Sequence::new(*req, constraint, reply, slot, reuse, &model.tokenizer));
     }
 }
@@ -114,7 +130,12 @@ struct Planned {
 
 /// One batched forward and the sampling after it. Returns the sequences that ended (index
 /// into `running`, ascending) with how.
-fn step(model: &Model, caches: &mut [KvCache], running: &mut [Sequence<'_>]) -> Vec<(usize, Result<FinishReason, String>)> {
+fn step(
+    model: &Model,
+    caches: &mut [KvCache],
+    exact: &mut [usize],
+    running: &mut [Sequence<'_>],
+) -> Vec<(usize, Result<FinishReason, String>)> {
     let decoding = running.iter().any(|s| s.next.is_some());
     let budget = if decoding { PREFILL_CHUNK } else { PREFILL_BUDGET_IDLE };
     let mut plan = Vec::new();
@@ -182,6 +203,9 @@ fn step(model: &Model, caches: &mut [KvCache], running: &mut [Sequence<'_>]) -> 
                 }
             }
             s.prefilled += p.len;
+            if s.prefilled % PREFILL_CHUNK == 0 {
+                exact[s.slot] = s.prefilled;
+            }
             if s.prefilling() {
                 continue;
             }
