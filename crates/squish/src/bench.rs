@@ -15,7 +15,7 @@ use std::time::Instant;
   llama-bench -m model.gguf -p 512 -n 128 -t 2
 
 Serving: each request is a streamed POST /v1/completions (temperature 0, ignore_eos) whose
-prompt starts with a per-run and a per-request number, so no prefix cache can answer it, then
+prompt starts with a per-request and a per-run number, so no prefix cache can answer it, then
 English prose (or --prompt-file) sized to --prompt-tokens. Per concurrency level:
 time to first token (request sent to the first chunk with text) and inter-token latency
 (gaps between text chunks) p50/p95, aggregate tokens/s (all tokens / the level's wall time)

@@ -82,8 +82,8 @@ fn sweeps_concurrency_against_squish_serve() {
         // The prompt was sized by the server's own count to about --prompt-tokens.
         let p = l["prompt_tokens"].as_f64().unwrap();
         assert!((28.0..=36.0).contains(&p), "prompt tokens {p}");
-        // Each prompt is new to the server: at most the per-run head can be cached.
-        assert!(l["cached_prompt_tokens"].as_f64().unwrap() < 16.0, "{l}");
+        // Each prompt is new to the server: only its first word or so can come from a cache.
+        assert!(l["cached_prompt_tokens"].as_f64().unwrap() < 6.0, "{l}");
     }
 
     // The table names the server and has one row per level.

@@ -116,11 +116,12 @@ async fn sweep(args: &ServerArgs, targets: &[Target], prompts: &prompt::Prompts,
         }
     }
     let prompt_chars = prompts.prompt(1, chars).len();
+    let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
     let setup = Setup { prompt_tokens: target, prompt_chars, counted, max_tokens: args.max_tokens };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report::json(&setup, &args.servers, &results))?);
+        println!("{}", serde_json::to_string_pretty(&report::json(&setup, &urls, &results))?);
     } else {
-        report::print_table(&setup, &args.servers, &results);
+        report::print_table(&setup, &urls, &results);
     }
     Ok(())
 }

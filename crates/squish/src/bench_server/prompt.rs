@@ -1,8 +1,8 @@
 //! The serving benchmark's prompts: real English prose (the opening chapter of *Pride and
 //! Prejudice*, 1813, public domain) or the user's `--prompt-file`, cut to a length. Each
-//! request's prompt starts with a number drawn once per run and its own number, so no server
+//! request's prompt starts with its own number, then a number drawn once per run, so no server
 //! can answer it from a prefix cache, not even after an earlier run: every request pays its
-//! full prefill (bar its first few tokens), on every server alike.
+//! full prefill (bar its first token or two), on every server alike.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -33,10 +33,10 @@ impl Prompts {
         Ok(Prompts { text, run })
     }
 
-    /// Request `id`'s prompt: "Run {run}, passage {id}." then about `chars` characters of the text
+    /// Request `id`'s prompt: "Passage {id} (run {run})." then about `chars` characters of the text
     /// (repeated when it is shorter), cut at a word boundary.
     pub fn prompt(&self, id: usize, chars: usize) -> String {
-        let head = format!("Run {}, passage {id}. ", self.run);
+        let head = format!("Passage {id} (run {}). ", self.run);
         let want = chars.saturating_sub(head.len()).max(1);
         let mut body = String::with_capacity(want + 64);
         while body.len() < want {
@@ -65,7 +65,7 @@ mod tests {
     fn sizes_and_numbers_prompts() {
         let p = Prompts::new(None).unwrap();
         let a = p.prompt(3, 512);
-        assert!(a.starts_with(&format!("Run {}, passage 3. It is a truth universally acknowledged", p.run)), "{a}");
+        assert!(a.starts_with(&format!("Passage 3 (run {}). It is a truth universally acknowledged", p.run)), "{a}");
         assert!((100_000..1_000_000).contains(&p.run));
         assert!((490..=512).contains(&a.len()), "{}", a.len());
         let long = p.prompt(12, 20_000);
