@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: fetches the real model once (cached outside the repo), then runs every
+# The test command: fetches the real model and the Python client packages once, then runs every
 # test with the one build profile (release: optimised, incremental), then the ARM kernels
 # under emulation, and ends with one line totalling every test binary's results. Reuses a
 # target dir outside the clone when one exists, so CI on a warm machine does not rebuild.
@@ -14,6 +14,8 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" RAYON_NUM_THREADS="${RAYON_NU
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 scripts/fetch-models.sh >/dev/null
+# The real clients the server tests drive (openai, ollama), from PyPI; quick once installed.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/server/requirements.txt
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked "$@" 2>&1 | tee -a "$log"
 # The ARM kernels, under emulation (skipped with a message where the toolchain cannot be had).

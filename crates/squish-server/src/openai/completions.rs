@@ -2,7 +2,7 @@
 //! and `logprobs` so evaluation harnesses can score text; whole JSON or SSE chunks.
 
 use super::choices::{self, Choice};
-use super::params::{token_text, Sampling};
+use super::params::{token_inputs, token_text, Sampling};
 use crate::chat::new_id;
 use crate::error::{parse_json, ApiError};
 use crate::AppState;
@@ -32,27 +32,6 @@ struct CompletionRequest {
     suffix: Option<String>,
 }
 
-/// The prompts as token lists: a string, a list of strings, a token list, or a list of those.
-fn prompts(tok: &Tokenizer, v: &Value) -> Result<Vec<Vec<u32>>, ApiError> {
-    let bad = || ApiError::bad_request("`prompt` must be a string, a list of strings, or token ids", Some("prompt"));
-    let text = |s: &str| tok.encode(s, true).map_err(|e| ApiError::internal(e.to_string()));
-    let ids = |a: &[Value]| a.iter().map(|x| x.as_u64().map(|i| i as u32).ok_or_else(bad)).collect::<Result<Vec<_>, _>>();
-    match v {
-        Value::String(s) => Ok(vec![text(s)?]),
-        Value::Array(a) if a.is_empty() => Err(bad()),
-        Value::Array(a) if a[0].is_number() => Ok(vec![ids(a)?]),
-        Value::Array(a) => a
-            .iter()
-            .map(|p| match p {
-                Value::String(s) => text(s),
-                Value::Array(t) => ids(t),
-                _ => Err(bad()),
-            })
-            .collect(),
-        _ => Err(bad()),
-    }
-}
-
 pub async fn handle(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let start = Instant::now();
     let r: CompletionRequest = parse_json(&body)?;
@@ -68,7 +47,7 @@ pub async fn handle(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     let ctx = s.engine.model().context_size();
     let mut runs = Vec::new();
     let mut prompt_ids = Vec::new();
-    for p in prompts(tok, &r.prompt)? {
+    for p in token_inputs(tok, &r.prompt, "prompt")? {
         let mut req = r.sampling.request(p.clone(), Some(DEFAULT_MAX_TOKENS), ctx)?;
         req.logprobs = r.logprobs;
         req.prompt_logprobs = r.echo && r.logprobs.is_some();

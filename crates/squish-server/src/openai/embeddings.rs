@@ -21,24 +21,7 @@ struct EmbeddingRequest {
 
 /// Texts (or token lists) to embed.
 pub fn inputs(s: &AppState, v: &Value) -> Result<Vec<Vec<u32>>, ApiError> {
-    let bad = || ApiError::bad_request("`input` must be a string, a list of strings, or token ids", Some("input"));
-    let tok = &s.engine.model().tokenizer;
-    let text = |t: &str| tok.encode(t, true).map_err(|e| ApiError::internal(e.to_string()));
-    let ids = |a: &[Value]| a.iter().map(|x| x.as_u64().map(|i| i as u32).ok_or_else(bad)).collect::<Result<Vec<_>, _>>();
-    match v {
-        Value::String(t) => Ok(vec![text(t)?]),
-        Value::Array(a) if a.is_empty() => Err(bad()),
-        Value::Array(a) if a[0].is_number() => Ok(vec![ids(a)?]),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| match x {
-                Value::String(t) => text(t),
-                Value::Array(t) => ids(t),
-                _ => Err(bad()),
-            })
-            .collect(),
-        _ => Err(bad()),
-    }
+    super::params::token_inputs(&s.engine.model().tokenizer, v, "input")
 }
 
 /// Embeds each input in turn on the engine.

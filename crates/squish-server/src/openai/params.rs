@@ -116,3 +116,25 @@ pub fn chat_logprob(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
     v["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
     v
 }
+
+/// Text inputs as token lists: a string, a list of strings, a list of token ids, or a list of
+/// those (`prompt` of completions, `input` of embeddings; `param` names it in errors).
+pub fn token_inputs(tok: &Tokenizer, v: &Value, param: &'static str) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = || ApiError::bad_request(format!("`{param}` must be a string, a list of strings, or token ids"), Some(param));
+    let text = |s: &str| tok.encode(s, true).map_err(|e| ApiError::internal(e.to_string()));
+    let ids = |a: &[Value]| a.iter().map(|x| x.as_u64().map(|i| i as u32).ok_or_else(bad)).collect::<Result<Vec<_>, _>>();
+    match v {
+        Value::String(s) => Ok(vec![text(s)?]),
+        Value::Array(a) if a.is_empty() => Err(bad()),
+        Value::Array(a) if a[0].is_number() => Ok(vec![ids(a)?]),
+        Value::Array(a) => a
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => text(s),
+                Value::Array(t) => ids(t),
+                _ => Err(bad()),
+            })
+            .collect(),
+        _ => Err(bad()),
+    }
+}
