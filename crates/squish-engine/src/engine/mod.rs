@@ -156,7 +156,9 @@ impl Engine {
             let (model, shared) = (model.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("squish-engine".into())
-                .spawn(move || scheduler::run(&model, caches, rx, &shared))
+                // The whole loop lives on a compute-pool worker: each step's kernels fork from
+                // there (see `on_compute_pool`), with no hand-over per step.
+                .spawn(move || squish_backend::on_compute_pool(|| scheduler::run(&model, caches, rx, &shared)))
                 .map_err(|e| squish_model::ModelError::Tokenizer(format!("cannot start the engine thread: {e}")))?
         };
         Ok(Self { model, constraints: Default::default(), config, shared, commands: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })

@@ -16,7 +16,6 @@
 use super::sequence::Sequence;
 use super::{Command, Event, Request, Shared};
 use crate::{Constraint, FinishReason};
-use squish_backend::on_compute_pool;
 use squish_model::{KvCache, Model, ModelError, Step};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -65,7 +64,7 @@ pub(super) fn run(model: &Model, mut caches: Vec<KvCache>, rx: mpsc::Receiver<Co
         running.retain(|s| !s.abandoned());
         admit(model, &mut caches, &mut exact, &mut queue, &mut running, shared);
         if !running.is_empty() {
-            let finished = on_compute_pool(|| step(model, &mut caches, &mut exact, &mut running));
+            let finished = step(model, &mut caches, &mut exact, &mut running);
             for (i, end) in finished.into_iter().rev() {
                 let seq = running.remove(i);
                 match end {
@@ -85,7 +84,7 @@ fn take(model: &Model, cmd: Command, queue: &mut VecDeque<Waiting>) {
     match cmd {
         Command::Generate(req, constraint, reply) => queue.push_back((req, constraint, reply)),
         Command::Embed(tokens, reply) => {
-            let _ = reply.send(on_compute_pool(|| embed(model, &tokens)).map_err(|e| e.to_string()));
+            let _ = reply.send(embed(model, &tokens).map_err(|e| e.to_string()));
         }
     }
 }
