@@ -201,7 +201,9 @@ impl Decoder {
 
     /// Runs several sequences' new tokens as one forward: the linear layers see every row at
     /// once (one pass over the weights for the whole batch); attention runs per sequence over
-    /// its own cache. -> (1, total tokens, hidden), rows in step order.
+    /// its own cache. squish's kernels compute each row exactly as they would alone (see
+    /// `squish_quant::int4::matmul_with_panels`), so a sequence's numbers do not depend on
+    /// its batch. -> (1, total tokens, hidden), rows in step order.
     pub fn forward_batch(&self, steps: &mut [Step<'_>]) -> Result<Tensor, ModelError> {
         self.run(steps, &mut NoObserver)
     }
@@ -214,19 +216,18 @@ impl Decoder {
             }
             ids.extend_from_slice(s.tokens);
         }
-        let groups = RowGroups::of(steps);
         let mut x = self.embed.rows(&ids, &self.device)?.unsqueeze(0)?; // (1, t, hidden)
         for (i, layer) in self.layers.iter().enumerate() {
             let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
             obs.observe(Tap::AttnIn(i), &n)?;
-            let a = self.attention(&layer.attn, &n, steps, &groups, i)?;
+            let a = self.attention(&layer.attn, &n, steps, i)?;
             obs.observe(Tap::AttnOut(i), &a)?;
-            x = (x + groups.apply(&layer.attn.o, &a)?)?;
+            x = (x + layer.attn.o.forward(&a)?)?;
             let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
             obs.observe(Tap::MlpIn(i), &n)?;
-            let mid = silu_mul(&groups.apply(&layer.gate, &n)?, &groups.apply(&layer.up, &n)?)?;
+            let mid = silu_mul(&layer.gate.forward(&n)?, &layer.up.forward(&n)?)?;
             obs.observe(Tap::MlpMid(i), &mid)?;
-            x = (x + groups.apply(&layer.down, &mid)?)?;
+            x = (x + layer.down.forward(&mid)?)?;
         }
         for s in steps.iter_mut() {
             s.cache.commit(s.tokens);
@@ -255,28 +256,16 @@ impl Decoder {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        // Each row alone or in calls under SAME_AS_ALONE_BELOW rows: the same bits either way.
-        let mut out = Vec::with_capacity(rows.len());
-        for part in rows.chunks(squish_quant::SAME_AS_ALONE_BELOW - 1) {
-            let idx = Tensor::new(part.iter().map(|&r| r as u32).collect::<Vec<_>>(), hidden.device())?;
-            let picked = hidden.index_select(&idx, 1)?; // (1, rows, hidden)
-            out.extend(self.logits(&picked)?.squeeze(0)?.to_vec2::<f32>()?);
-        }
-        Ok(out)
+        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), hidden.device())?;
+        let picked = hidden.index_select(&idx, 1)?; // (1, rows, hidden)
+        Ok(self.logits(&picked)?.squeeze(0)?.to_vec2()?)
     }
 
     /// x: (1, t, hidden), the rows of every step in order -> attention output before o_proj
     /// (1, t, heads * head_dim)
-    fn attention(
-        &self,
-        a: &Attention,
-        x: &Tensor,
-        steps: &mut [Step<'_>],
-        groups: &RowGroups,
-        layer: usize,
-    ) -> Result<Tensor, ModelError> {
+    fn attention(&self, a: &Attention, x: &Tensor, steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
         let hd = self.cfg.head_dim;
-        let (q_all, k_all, v_all) = (groups.apply(&a.q, x)?, groups.apply(&a.k, x)?, groups.apply(&a.v, x)?);
+        let (q_all, k_all, v_all) = (a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?);
         // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
         let split = |y: Tensor, heads: usize, norm: &Option<Tensor>, start: usize| -> Result<Tensor, ModelError> {
             let t = y.dim(1)?;
@@ -299,64 +288,6 @@ impl Decoder {
             row += t;
         }
         Ok(if outs.len() == 1 { outs.pop().expect("one step") } else { Tensor::cat(&outs, 1)? })
-    }
-}
-
-/// How a batched forward splits its rows between linear-layer calls so that every step's
-/// rows come out bit for bit as if the step ran alone: steps of fewer than
-/// `SAME_AS_ALONE_BELOW` rows share calls that stay under that size, larger steps share one
-/// call among themselves (see `squish_quant::SAME_AS_ALONE_BELOW`). One group (the common
-/// case: all decodes, or one prompt) means one call on the rows as they are.
-struct RowGroups {
-    /// Each group's row ranges (ascending, disjoint; together all rows).
-    groups: Vec<Vec<(usize, usize)>>,
-    rows: usize,
-}
-
-impl RowGroups {
-    fn of(steps: &[Step<'_>]) -> Self {
-        let limit = squish_quant::SAME_AS_ALONE_BELOW;
-        let (mut big, mut small, mut groups) = (Vec::new(), Vec::<(usize, usize)>::new(), Vec::new());
-        let (mut row, mut small_rows) = (0, 0);
-        for s in steps {
-            let t = s.tokens.len();
-            if t >= limit {
-                big.push((row, t));
-            } else {
-                if small_rows + t >= limit {
-                    groups.push(std::mem::take(&mut small));
-                    small_rows = 0;
-                }
-                small.push((row, t));
-                small_rows += t;
-            }
-            row += t;
-        }
-        groups.extend([small, big].into_iter().filter(|g| !g.is_empty()));
-        Self { groups, rows: row }
-    }
-
-    /// `lin` on x (1, rows, in) -> (1, rows, out), one call per group.
-    fn apply(&self, lin: &Linear, x: &Tensor) -> Result<Tensor, ModelError> {
-        if self.groups.len() <= 1 {
-            return lin.forward(x);
-        }
-        let gather = |g: &[(usize, usize)]| -> candle_core::Result<Tensor> {
-            let parts = g.iter().map(|&(r, t)| x.narrow(1, r, t)).collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&parts, 1)
-        };
-        // Each group's output, then the rows put back in order.
-        let mut pieces: Vec<(usize, Tensor)> = Vec::with_capacity(self.rows);
-        for g in &self.groups {
-            let y = lin.forward(&gather(g)?)?;
-            let mut off = 0;
-            for &(r, t) in g {
-                pieces.push((r, y.narrow(1, off, t)?));
-                off += t;
-            }
-        }
-        pieces.sort_by_key(|p| p.0);
-        Ok(Tensor::cat(&pieces.into_iter().map(|p| p.1).collect::<Vec<_>>(), 1)?)
     }
 }
 

@@ -5,11 +5,15 @@
 use crate::ModelError;
 use candle_core::{DType, Device, Module, Tensor};
 use squish_format::Mapped;
+use squish_quant::int4::Int4Panels;
 use squish_quant::{int4, int8};
+use std::sync::OnceLock;
 
 pub enum Weight {
     Dense(Tensor),
-    Int4 { codes: Mapped, scales: Mapped, mins: Mapped, n: usize, k: usize, group: usize },
+    /// `panels`: the same matrix laid out for the CPU's panel kernel, made on first use
+    /// (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
+    Int4 { codes: Mapped, scales: Mapped, mins: Mapped, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int4Panels>> },
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
 }
 
@@ -55,10 +59,10 @@ impl Linear {
 
     fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
         match &self.weight {
-            Weight::Int4 { codes, scales, mins, n, k, group } => {
+            Weight::Int4 { codes, scales, mins, n, k, group, panels } => {
                 let m = int4::Int4Matrix::new(codes.bytes(), scales.as_f16()?, mins.as_f16()?, *n, *k, *group)
                     .map_err(quant_err)?;
-                int4::matmul(&m, x, t, out);
+                int4::matmul_with_panels(&m, panels.get_or_init(|| Int4Panels::new(&m)).as_ref(), x, t, out);
             }
             Weight::Int8 { codes, scales, n, k, group } => {
                 let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;
@@ -88,7 +92,7 @@ impl Linear {
     fn dequantize_row(&self, r: usize) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0f32; self.shape().1];
         match &self.weight {
-            Weight::Int4 { codes, scales, mins, n, k, group } => {
+            Weight::Int4 { codes, scales, mins, n, k, group, .. } => {
                 let m = int4::Int4Matrix::new(codes.bytes(), scales.as_f16()?, mins.as_f16()?, *n, *k, *group)
                     .map_err(quant_err)?;
                 int4::dequantize_row(&m, r, &mut out);

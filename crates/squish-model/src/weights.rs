@@ -60,6 +60,7 @@ impl<'a> Weights<'a> {
                         n: out,
                         k: inp,
                         group,
+                        panels: Default::default(),
                     }
                 } else {
                     Weight::Int8 {

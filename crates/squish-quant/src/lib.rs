@@ -43,11 +43,6 @@ mod tests;
 
 pub use error::ShapeError;
 
-/// Matmul calls of fewer token rows than this compute every row bit for bit as a call with
-/// that row alone would; calls of at least this many agree with each other but may take
-/// another kernel (the INT4 prefill GEMM on AVX512-VNNI: other float summation order). A
-/// caller that wants each row's result independent of its batch keeps the two apart.
-pub const SAME_AS_ALONE_BELOW: usize = 16;
 pub use half::f16;
 pub use isa::kernel_isa;
 pub use int4::{Int4Matrix, Int4Owned};

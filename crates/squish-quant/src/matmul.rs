@@ -31,6 +31,15 @@ pub(crate) fn run<F>(n: usize, k: usize, row_bytes: usize, t: usize, out: &mut [
 where
     F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
 {
+    run_aligned(n, k, row_bytes, t, out, ROW_ALIGN, task)
+}
+
+/// `run` with every task's first row a multiple of `align` (itself a multiple of
+/// ROW_ALIGN): the panel kernel takes rows 16 at a time.
+pub(crate) fn run_aligned<F>(n: usize, k: usize, row_bytes: usize, t: usize, out: &mut [f32], align: usize, task: F)
+where
+    F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
+{
     if n == 0 || t == 0 {
         return;
     }
@@ -43,14 +52,14 @@ where
             task(0, 0, &mut [out]);
             return;
         }
-        let rpc = n.div_ceil(want).next_multiple_of(ROW_ALIGN);
+        let rpc = n.div_ceil(want).next_multiple_of(align);
         out.par_chunks_mut(rpc).enumerate().for_each(|(i, o)| task(i * rpc, 0, &mut [o]));
         return;
     }
     let tt = t.min(TOKEN_TILE);
     let n_tt = t.div_ceil(tt);
-    let max_rows = (L2_BUDGET / row_bytes.max(1)).max(ROW_ALIGN) / ROW_ALIGN * ROW_ALIGN;
-    let rpc = n.div_ceil(want.div_ceil(n_tt)).next_multiple_of(ROW_ALIGN).min(max_rows);
+    let max_rows = (L2_BUDGET / row_bytes.max(1)).max(align) / align * align;
+    let rpc = n.div_ceil(want.div_ceil(n_tt)).next_multiple_of(align).min(max_rows);
     // Task (row chunk rc, token tile tt_i) at rc * n_tt + tt_i: neighbours share weight rows.
     let n_rc = n.div_ceil(rpc);
     let mut grid: Vec<Vec<&mut [f32]>> = (0..n_rc * n_tt).map(|_| Vec::with_capacity(tt)).collect();

@@ -91,3 +91,63 @@ fn scalar_dot(w: &Int4Matrix, a: &ActQ8, r: usize, tok: usize) -> f32 {
     }
     y
 }
+
+/// An INT4 matrix laid out for the CPU's panel kernel (AVX512-VNNI; see
+/// `x86::int4_panels`): built once, then `matmul_panels` runs every call, one token or a
+/// prompt, with the prefill GEMM's arithmetic and no per-call repack. None on CPUs
+/// without it (or with `SQUISH_ISA` capping below it): use `matmul` on the matrix.
+pub struct Int4Panels {
+    #[cfg(target_arch = "x86_64")]
+    inner: crate::x86::int4_panels::Panels,
+    #[cfg(not(target_arch = "x86_64"))]
+    _never: std::convert::Infallible,
+}
+
+impl Int4Panels {
+    pub fn new(w: &Int4Matrix) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if detect() == Isa::Avx512Vnni {
+            return Some(Self { inner: crate::x86::int4_panels::Panels::new(w) });
+        }
+        let _ = w;
+        None
+    }
+
+    /// Memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        return self.inner.bytes();
+        #[cfg(not(target_arch = "x86_64"))]
+        match self._never {}
+    }
+}
+
+/// `matmul`, taking `panels` (the same matrix laid out by `Int4Panels::new`) for calls of
+/// fewer than 16 tokens: they then compute exactly what the prefill GEMM computes for
+/// larger calls, at the GEMM's efficiency, so every token's result is the same whatever
+/// the call's size. Without panels this is `matmul`.
+///
+/// Panics if `x.len() != t*K` or `out.len() != t*N`, or if `panels` is not `w`'s shape.
+pub fn matmul_with_panels(w: &Int4Matrix, panels: Option<&Int4Panels>, x: &[f32], t: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = panels.filter(|_| t < crate::x86::int4_gemm::GEMM_MIN_T) {
+        let p = &p.inner;
+        assert!(p.n() == w.n() && p.k() == w.k() && p.g() == w.g(), "int4 panels of another shape");
+        check_io("int4 matmul", p.n(), p.k(), x, t, out);
+        if t == 0 || p.n() == 0 {
+            return;
+        }
+        with_scratch(|a| {
+            a.quantize(Isa::Avx512Vnni, x, t, p.k(), p.g());
+            let a = &*a;
+            let align = crate::x86::int4_panels::PANEL;
+            crate::matmul::run_aligned(p.n(), p.k(), p.k() / 2, t, out, align, |r0, t0, outs| {
+                // SAFETY: panels exist only where `detect` found AVX512-VNNI (`new`).
+                unsafe { crate::x86::int4_panels::task(p, a, r0, t0, outs) }
+            });
+        });
+        return;
+    }
+    let _ = panels;
+    matmul(w, x, t, out);
+}

@@ -16,7 +16,7 @@ mod quant;
 mod reference;
 
 pub use gptq::quantize_gptq;
-pub use kernel::{matmul, matmul_scalar};
+pub use kernel::{matmul, matmul_scalar, matmul_with_panels, Int4Panels};
 #[cfg(test)]
 pub(crate) use kernel::matmul_with;
 pub use quant::{quantize, quantize_minmax, quantize_with_error};

@@ -338,3 +338,34 @@ fn int4_neon_paths_match_scalar_bit_for_bit() {
     }
     eprintln!("int4 aarch64 paths checked against scalar: {paths:?}");
 }
+
+/// The panel layout (AVX512-VNNI only; skipped elsewhere): calls under 16 tokens give bit
+/// for bit what the prefill GEMM gives for the same tokens in a larger call (so a token's
+/// result is the same alone or in any batch), on shapes with partial panels and group
+/// sizes 32 to 128.
+#[test]
+fn int4_panels_equal_the_gemm_for_any_batch() {
+    let (q, x) = int4_case(17, 576, 64, 40, 11);
+    if int4::Int4Panels::new(&q.view()).is_none() {
+        eprintln!("no AVX512-VNNI here: the panel kernel is not used");
+        return;
+    }
+    for (n, k, g, seed) in [(1000, 576, 64, 1), (17, 1536, 128, 2), (35, 128, 32, 3), (576, 1536, 64, 4)] {
+        let t = 40;
+        let (q, x) = int4_case(n, k, g, t, seed);
+        let w = q.view();
+        let p = int4::Int4Panels::new(&w).expect("AVX512-VNNI");
+        // The GEMM on all 40 tokens at once: the reference bits.
+        let mut gemm = vec![0.0; t * n];
+        on_pool(2, || mm4(Isa::Avx512Vnni, &w, &x, t, &mut gemm));
+        for (from, len) in [(0, 40), (0, 1), (5, 1), (39, 1), (3, 2), (8, 7), (16, 8), (1, 15), (20, 16)] {
+            let mut o = vec![0.0; len * n];
+            on_pool(2, || int4::matmul_with_panels(&w, Some(&p), &x[from * k..(from + len) * k], len, &mut o));
+            assert_eq!(&gemm[from * n..(from + len) * n], &o[..], "n{n} k{k} g{g}: tokens {from}..+{len}");
+        }
+        let mut one = vec![0.0; n];
+        on_pool(1, || int4::matmul_with_panels(&w, Some(&p), &x[..k], 1, &mut one));
+        assert_eq!(&gemm[..n], &one[..], "n{n} k{k} g{g}: one thread");
+    }
+    let _ = x;
+}

@@ -32,7 +32,7 @@ const PANEL: usize = 16;
 /// Tokens per tile.
 const TT: usize = 8;
 /// 1.5 · 2^23 (see `x86::int4::MAGIC`): |block dot| <= 32 · 15 · 127 < 2^22.
-const MAGIC: f32 = 12_582_912.0;
+pub(crate) const MAGIC: f32 = 12_582_912.0;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]

@@ -8,6 +8,7 @@
 pub(crate) mod act;
 pub(crate) mod int4;
 pub(crate) mod int4_gemm;
+pub(crate) mod int4_panels;
 pub(crate) mod int8;
 
 use core::arch::x86_64::*;
