@@ -13,96 +13,197 @@ use rayon::prelude::*;
 /// laid out as this expects (the caller then takes the generic path).
 /// q: (1, heads, q_len, d) contiguous; k, v: (1, kv_heads, kv_len, d) with unit stride in d.
 pub fn causal_attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Option<Tensor>> {
-    let (_, heads, q_len, d) = q.dims4()?;
-    let (_, kv_heads, kv_len, _) = k.dims4()?;
-    let (q_store, q_layout) = q.storage_and_layout();
-    let (k_store, k_layout) = k.storage_and_layout();
-    let (v_store, v_layout) = v.storage_and_layout();
-    let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&*q_store, &*k_store, &*v_store) else {
-        return Ok(None);
-    };
-    let (Ok(qs), Ok(ks), Ok(vs)) = (qs.as_slice::<f32>(), ks.as_slice::<f32>(), vs.as_slice::<f32>()) else {
-        return Ok(None);
-    };
-    if !q_layout.is_contiguous() || k_layout.stride()[3] != 1 || v_layout.stride()[3] != 1 || k_layout.stride() != v_layout.stride() {
-        return Ok(None);
-    }
-    let qs = &qs[q_layout.start_offset()..];
-    let (ks, vs) = (&ks[k_layout.start_offset()..], &vs[v_layout.start_offset()..]);
-    let (head_stride, pos_stride) = (k_layout.stride()[1], k_layout.stride()[2]);
-    let group = heads / kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; q_len * heads * d]; // (q_len, heads, d)
-    out.par_chunks_mut(d).enumerate().for_each_init(
-        || Vec::with_capacity(kv_len),
-        |scores, (idx, o)| {
-            let (i, h) = (idx / heads, idx % heads);
-            let qv = &qs[(h * q_len + i) * d..(h * q_len + i + 1) * d];
-            let base = (h / group) * head_stride;
-            let seen = (start + i + 1).min(kv_len);
-            attend(qv, &ks[base..], &vs[base..], pos_stride, seen, scale, scores, o);
-        },
-    );
-    Ok(Some(Tensor::from_vec(out, (1, q_len, heads * d), q.device())?))
+    Ok(causal_attention_cpu_many(&[(q, k, v, start)])?.and_then(|mut o| o.pop()))
 }
 
-/// One query over `seen` keys: o = softmax(q·K / sqrt(d)) V.
+/// `causal_attention_cpu` for several sequences (a decode batch) in one parallel region:
+/// one task per (sequence, query, kv head), so the pool forks once per layer, not once per
+/// sequence. None unless every input qualifies.
+pub fn causal_attention_cpu_many(items: &[(&Tensor, &Tensor, &Tensor, usize)]) -> Result<Option<Vec<Tensor>>> {
+    let guards: Vec<_> =
+        items.iter().map(|(q, k, v, _)| (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout())).collect();
+    let mut views = Vec::with_capacity(items.len());
+    for ((q, k, _, start), ((qst, ql), (kst, kl), (vst, vl))) in items.iter().zip(&guards) {
+        let (_, heads, q_len, d) = q.dims4()?;
+        let (_, kv_heads, kv_len, _) = k.dims4()?;
+        let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs)) = (&**qst, &**kst, &**vst) else {
+            return Ok(None);
+        };
+        let (Ok(qs), Ok(ks), Ok(vs)) = (qs.as_slice::<f32>(), ks.as_slice::<f32>(), vs.as_slice::<f32>()) else {
+            return Ok(None);
+        };
+        if !ql.is_contiguous() || kl.stride()[3] != 1 || vl.stride()[3] != 1 || kl.stride() != vl.stride() {
+            return Ok(None);
+        }
+        views.push(View {
+            qs: &qs[ql.start_offset()..],
+            ks: &ks[kl.start_offset()..],
+            vs: &vs[vl.start_offset()..],
+            head_stride: kl.stride()[1],
+            pos_stride: kl.stride()[2],
+            heads,
+            kv_heads,
+            q_len,
+            kv_len,
+            d,
+            start: *start,
+        });
+    }
+    let mut outs: Vec<Vec<f32>> = views.iter().map(|v| vec![0f32; v.q_len * v.heads * v.d]).collect(); // (q_len, heads, d)
+    // One task per (sequence, query, kv head): the query heads sharing that kv head are
+    // contiguous in the output and read the keys and values once between them.
+    let mut tasks = Vec::new();
+    for (n, (out, v)) in outs.iter_mut().zip(&views).enumerate() {
+        let group = v.heads / v.kv_heads;
+        tasks.extend(out.chunks_mut(group * v.d).enumerate().map(|(idx, o)| (n, idx, o)));
+    }
+    tasks.into_par_iter().for_each_init(Vec::new, |scores, (n, idx, o)| {
+        let v = &views[n];
+        let group = v.heads / v.kv_heads;
+        let (i, kvh) = (idx / v.kv_heads, idx % v.kv_heads);
+        let base = kvh * v.head_stride;
+        let seen = (v.start + i + 1).min(v.kv_len);
+        let qrow = |g: usize| {
+            let h = kvh * group + g;
+            &v.qs[(h * v.q_len + i) * v.d..(h * v.q_len + i + 1) * v.d]
+        };
+        let scale = 1.0 / (v.d as f32).sqrt();
+        attend(&qrow, group, &v.ks[base..], &v.vs[base..], v.pos_stride, seen, scale, scores, o);
+    });
+    let tensors = outs
+        .into_iter()
+        .zip(items)
+        .zip(&views)
+        .map(|((out, (q, ..)), v)| Tensor::from_vec(out, (1, v.q_len, v.heads * v.d), q.device()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Some(tensors))
+}
+
+/// One sequence's inputs as slices of the tensors' storage.
+struct View<'a> {
+    qs: &'a [f32],
+    ks: &'a [f32],
+    vs: &'a [f32],
+    head_stride: usize,
+    pos_stride: usize,
+    heads: usize,
+    kv_heads: usize,
+    q_len: usize,
+    kv_len: usize,
+    d: usize,
+    start: usize,
+}
+
+/// The `group` query heads sharing one kv head (`q(g)`, each d long) over `seen` keys:
+/// o_g = softmax(q_g·K / sqrt(d)) V, into `o` (group x d). Each head's arithmetic is the
+/// same as alone (same dot, same order over keys); only the key and value reads are shared.
 #[allow(clippy::too_many_arguments)]
-fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, seen: usize, scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+fn attend<'q>(
+    q: &dyn Fn(usize) -> &'q [f32],
+    group: usize,
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    seen: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { attend_avx512(q, k, v, stride, seen, scale, scores, o) };
+            return unsafe { attend_avx512(q, group, k, v, stride, seen, scale, scores, o) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { attend_avx2(q, k, v, stride, seen, scale, scores, o) };
+            return unsafe { attend_avx2(q, group, k, v, stride, seen, scale, scores, o) };
         }
     }
-    attend_body(q, k, v, stride, seen, scale, scores, o)
+    attend_body(q, group, k, v, stride, seen, scale, scores, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512(q: &[f32], k: &[f32], v: &[f32], s: usize, n: usize, sc: f32, buf: &mut Vec<f32>, o: &mut [f32]) {
-    attend_body(q, k, v, s, n, sc, buf, o)
+unsafe fn attend_avx512<'q>(
+    q: &dyn Fn(usize) -> &'q [f32],
+    group: usize,
+    k: &[f32],
+    v: &[f32],
+    s: usize,
+    n: usize,
+    sc: f32,
+    buf: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    attend_body(q, group, k, v, s, n, sc, buf, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], s: usize, n: usize, sc: f32, buf: &mut Vec<f32>, o: &mut [f32]) {
-    attend_body(q, k, v, s, n, sc, buf, o)
+unsafe fn attend_avx2<'q>(
+    q: &dyn Fn(usize) -> &'q [f32],
+    group: usize,
+    k: &[f32],
+    v: &[f32],
+    s: usize,
+    n: usize,
+    sc: f32,
+    buf: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    attend_body(q, group, k, v, s, n, sc, buf, o)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_body(q: &[f32], k: &[f32], v: &[f32], stride: usize, seen: usize, scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
-    let d = q.len();
+fn attend_body<'q>(
+    q: &dyn Fn(usize) -> &'q [f32],
+    group: usize,
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    seen: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let d = o.len() / group;
     scores.clear();
-    let mut max = f32::NEG_INFINITY;
+    scores.resize(group * seen, 0.0); // [g][j]
+    let qs: Vec<&[f32]> = (0..group).map(q).collect();
+    let mut max = vec![f32::NEG_INFINITY; group];
     for j in 0..seen {
         let kj = &k[j * stride..j * stride + d];
-        let s = dot(q, kj) * scale;
-        max = max.max(s);
-        scores.push(s);
-    }
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = exp(*s - max);
-        sum += *s;
-    }
-    o.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        let vj = &v[j * stride..j * stride + d];
-        for (oe, &ve) in o.iter_mut().zip(vj) {
-            *oe += p * ve;
+        for (g, qg) in qs.iter().enumerate() {
+            let s = dot(qg, kj) * scale;
+            max[g] = max[g].max(s);
+            scores[g * seen + j] = s;
         }
     }
-    let inv = 1.0 / sum;
-    o.iter_mut().for_each(|x| *x *= inv);
+    let mut sum = vec![0.0f32; group];
+    for g in 0..group {
+        for s in scores[g * seen..(g + 1) * seen].iter_mut() {
+            *s = exp(*s - max[g]);
+            sum[g] += *s;
+        }
+    }
+    o.fill(0.0);
+    for j in 0..seen {
+        let vj = &v[j * stride..j * stride + d];
+        for (g, og) in o.chunks_exact_mut(d).enumerate() {
+            let p = scores[g * seen + j];
+            for (oe, &ve) in og.iter_mut().zip(vj) {
+                *oe += p * ve;
+            }
+        }
+    }
+    for (g, og) in o.chunks_exact_mut(d).enumerate() {
+        let inv = 1.0 / sum[g];
+        og.iter_mut().for_each(|x| *x *= inv);
+    }
 }
 
 /// A reduction in 16 independent lanes (then across them), so it vectorizes: a single

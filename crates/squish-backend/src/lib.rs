@@ -10,7 +10,7 @@ mod ops;
 pub use candle_core::{DType, Device, Tensor};
 pub use device::{built_with, configure_threads, on_compute_pool, open_device, DeviceRequest};
 pub use activation::silu_mul;
-pub use ops::{causal_attention, rms_norm, Rope};
+pub use ops::{causal_attention, causal_attention_many, rms_norm, Rope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

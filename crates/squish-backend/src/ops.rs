@@ -40,6 +40,22 @@ impl Rope {
 /// they share, so keys and values are never copied per query head.
 ///
 /// q: (1, heads, q_len, d), k and v: (1, kv_heads, kv_len, d) -> (1, q_len, heads * d)
+/// `causal_attention` for several sequences; decode batches (every q_len <= 4) run as one
+/// parallel region on the CPU.
+/// items: (q, k, v, start) as for `causal_attention` -> one (1, q_len, heads * d) each
+pub fn causal_attention_many(items: &[(&Tensor, &Tensor, &Tensor, usize)]) -> Result<Vec<Tensor>> {
+    let mut decode = true;
+    for (q, ..) in items {
+        decode &= q.dim(2)? <= 4;
+    }
+    if decode && items.len() > 1 {
+        if let Some(out) = crate::attention_cpu::causal_attention_cpu_many(items)? {
+            return Ok(out);
+        }
+    }
+    items.iter().map(|&(q, k, v, start)| causal_attention(q, k, v, start)).collect()
+}
+
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
     // Decode: a few queries over the cache in place. Prefill: batched matmuls do better.
     if q.dim(2)? <= 4 {
