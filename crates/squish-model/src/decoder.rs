@@ -8,7 +8,7 @@ use crate::linear::Linear;
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
-use squish_backend::{causal_attention_many, rms_norm, silu_mul, Rope};
+use squish_backend::{causal_attention, causal_attention_many, rms_norm, silu_mul, Rope};
 
 /// A point in the forward pass whose activations feed linear layers: calibration observes
 /// them to learn which input channels matter.
@@ -275,7 +275,8 @@ impl Decoder {
             }
             Ok(self.rope.apply(&y.transpose(1, 2)?, start)?)
         };
-        let mut qkv = Vec::with_capacity(steps.len());
+        let steps_len = steps.len();
+        let mut qkv = Vec::with_capacity(steps_len);
         let mut row = 0;
         for s in steps.iter_mut() {
             let (t, start) = (s.tokens.len(), s.cache.len());
@@ -284,12 +285,15 @@ impl Decoder {
             let k = split(part(&k_all)?, self.cfg.kv_heads, &a.k_norm, start)?;
             let v = part(&v_all)?.reshape((1, t, self.cfg.kv_heads, hd))?.transpose(1, 2)?;
             let (k, v) = s.cache.append(layer, &k, &v)?;
+            if steps_len == 1 {
+                return Ok(causal_attention(&q, &k, &v, start)?); // (1, t, heads * hd)
+            }
             qkv.push((q, k, v, start));
             row += t;
         }
         let items: Vec<_> = qkv.iter().map(|(q, k, v, start)| (q, k, v, *start)).collect();
-        let mut outs = causal_attention_many(&items)?; // (1, t, heads * hd) each
-        Ok(if outs.len() == 1 { outs.pop().expect("one step") } else { Tensor::cat(&outs, 1)? })
+        let outs = causal_attention_many(&items)?; // (1, t, heads * hd) each
+        Ok(Tensor::cat(&outs, 1)?)
     }
 }
 
