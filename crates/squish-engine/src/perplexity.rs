@@ -1,7 +1,10 @@
-//! Perplexity over a text, scored the way llama.cpp's `llama-perplexity` scores it so the
-//! numbers compare: consecutive non-overlapping windows of `ctx` tokens (BOS first where the
-//! model uses one), each on a fresh cache, and only the second half of each window scored,
-//! so every scored token sees at least ctx/2 tokens of context.
+//! Perplexity over a text, scored by default the way llama.cpp's `llama-perplexity` scores
+//! it so the numbers compare: consecutive non-overlapping windows of `ctx` tokens (BOS first
+//! where the model uses one), each on a fresh cache, and only the second half of each window
+//! scored, so every scored token sees at least ctx/2 tokens of context. With a stride,
+//! sliding windows instead (Hugging Face's recipe): windows of `ctx` tokens starting every
+//! `stride` tokens, the first scoring all its tokens, each later one only its last `stride`,
+//! so every token is scored once with at least ctx - stride tokens of context.
 
 use squish_model::{argmax, Model, ModelError};
 use std::time::Instant;
@@ -29,7 +32,8 @@ pub struct PerplexityReport {
     pub base: Option<BaseComparison>,
 }
 
-/// `max_windows` limits the work (llama.cpp's `--chunks`); `progress(done, total)` per window.
+/// `max_windows` limits the work (llama.cpp's `--chunks`); `stride` selects sliding windows
+/// (see the module); `progress(done, total)` per window.
 /// With `base`, the same windows also go through the base model (same tokenizer required)
 /// and the report compares the two distributions.
 pub fn perplexity(
@@ -37,9 +41,13 @@ pub fn perplexity(
     base: Option<&Model>,
     text: &str,
     ctx: usize,
+    stride: Option<usize>,
     max_windows: Option<usize>,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<PerplexityReport, ModelError> {
+    if let Some(st) = stride.filter(|&st| st == 0 || st > ctx) {
+        return Err(ModelError::Tokenizer(format!("--stride {st}: must be between 1 and --ctx ({ctx})")));
+    }
     if let Some(b) = base {
         if b.decoder.config().vocab != model.decoder.config().vocab {
             return Err(ModelError::Tokenizer(format!(
@@ -49,7 +57,7 @@ pub fn perplexity(
             )));
         }
     }
-    squish_backend::on_compute_pool(|| perplexity_here(model, base, text, ctx, max_windows, progress))
+    squish_backend::on_compute_pool(|| perplexity_here(model, base, text, ctx, stride, max_windows, progress))
 }
 
 /// Logits of positions first..ctx-1 of `window`: (ctx - first - 1) rows of vocab.
@@ -65,6 +73,7 @@ fn perplexity_here(
     base: Option<&Model>,
     text: &str,
     ctx: usize,
+    stride: Option<usize>,
     max_windows: Option<usize>,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<PerplexityReport, ModelError> {
@@ -77,20 +86,32 @@ fn perplexity_here(
     }
     let tokens = model.tokenizer.encode(text, false)?;
     let bos = model.tokenizer.bos().filter(|_| model.tokenizer.adds_bos());
-    let available = tokens.len() / ctx;
-    let windows = max_windows.map_or(available, |m| m.min(available));
+    // Each window: where it starts in the text and the first position whose prediction counts.
+    let plan: Vec<(usize, usize)> = match stride {
+        None => (0..tokens.len() / ctx).map(|w| (w * ctx, ctx / 2)).collect(),
+        Some(st) if tokens.len() >= ctx => {
+            let mut p = vec![(0, 0)];
+            let mut begin = st;
+            while begin + ctx <= tokens.len() {
+                p.push((begin, ctx - st - 1));
+                begin += st;
+            }
+            p
+        }
+        Some(_) => Vec::new(),
+    };
+    let windows = max_windows.map_or(plan.len(), |m| m.min(plan.len()));
     if windows == 0 {
         return Err(ModelError::Tokenizer(format!(
             "the text has {} tokens; perplexity needs at least one window of --ctx {ctx}",
             tokens.len()
         )));
     }
-    let first = ctx / 2;
-    let mut nlls = Vec::with_capacity(windows * (ctx - first - 1));
+    let mut nlls = Vec::with_capacity(windows * ctx / 2);
     let (mut base_nll, mut kld, mut agree) = (0f64, 0f64, 0usize);
-    for w in 0..windows {
-        let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
-        if let Some(b) = bos {
+    for (w, &(begin, first)) in plan[..windows].iter().enumerate() {
+        let mut window = tokens[begin..begin + ctx].to_vec();
+        if let (Some(b), None) = (bos, stride) {
             window[0] = b;
         }
         // Positions first..ctx-1 predict tokens first+1..ctx.

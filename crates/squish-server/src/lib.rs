@@ -51,6 +51,8 @@ pub struct ModelDetails {
     pub digest: String,
     /// Unix seconds the model files were last changed.
     pub modified: u64,
+    /// The quality block `squish eval` wrote into a squish model's manifest.
+    pub quality: Option<serde_json::Value>,
 }
 
 pub(crate) struct AppState {

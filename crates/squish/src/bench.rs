@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a markdown table
     #[arg(long)]
     pub json: bool,
+    /// Print the llama-bench-style markdown table (the default)
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
     /// Where to run: auto, cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "auto")]
     pub device: String,

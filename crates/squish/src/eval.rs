@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 #[command(after_help = "Scoring follows llama-perplexity: consecutive windows of --ctx tokens, BOS first where the
-model uses one, the second half of each window scored. Example:
+model uses one, the second half of each window scored (--stride N: sliding windows instead,
+as Hugging Face's recipe). Example:
   squish eval smollm2-int4 --text ../shared/corpora/dev-corpus.txt --ctx 512 --chunks 40")]
 pub struct EvalArgs {
     /// The model [default: the default model]
@@ -29,6 +30,10 @@ pub struct EvalArgs {
     /// Score at most this many windows [default: all the text holds]
     #[arg(long)]
     pub chunks: Option<usize>,
+    /// Sliding windows instead: a window of --ctx tokens every N tokens, each scoring its
+    /// last N (every token scored once, with at least ctx - N tokens of context)
+    #[arg(long)]
+    pub stride: Option<usize>,
     /// Print a JSON report
     #[arg(long)]
     pub json: bool,
@@ -50,7 +55,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => None,
     };
     let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} windows {elapsed}<{eta}");
-    let r = perplexity(&model, base.as_ref(), &text, args.ctx, args.chunks, &mut |done, total| {
+    let r = perplexity(&model, base.as_ref(), &text, args.ctx, args.stride, args.chunks, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
@@ -61,6 +66,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "text": args.text.display().to_string(),
         "text_sha256": squish_format::sha256_file(&args.text)?,
         "ctx": r.ctx,
+        "scoring": match args.stride { None => "llama-perplexity".to_string(), Some(st) => format!("sliding, stride {st}") },
         "windows": r.windows,
         "tokens_scored": r.tokens_scored,
         "ppl": r.ppl,

@@ -115,10 +115,11 @@ fn details(path: &Path, model: &Model) -> ModelDetails {
     let parameters: u64 = squish_engine::tensor_plan(cfg, &has).iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
     let size_bytes = dir_size(path);
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let (format, quantization) = match ModelFiles::open(path) {
-        Ok(ModelFiles::Squish(_)) => ("squish", read_manifest(path).map(|m| m.scheme.to_uppercase()).unwrap_or_default()),
-        Ok(ModelFiles::Gguf(_)) => ("gguf", gguf_quantization(path)),
-        _ => ("safetensors", String::new()),
+    let manifest = matches!(ModelFiles::open(path), Ok(ModelFiles::Squish(_))).then(|| read_manifest(path).ok()).flatten();
+    let (format, quantization) = match (&manifest, path.extension().is_some_and(|e| e == "gguf")) {
+        (Some(m), _) => ("squish", m.scheme.to_uppercase()),
+        (None, true) => ("gguf", gguf_quantization(path)),
+        (None, false) => ("safetensors", String::new()),
     };
     ModelDetails {
         format: format.into(),
@@ -133,6 +134,7 @@ fn details(path: &Path, model: &Model) -> ModelDetails {
         size_bytes,
         digest: format!("{size_bytes:x}-{}", modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())),
         modified: modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs()),
+        quality: manifest.and_then(|m| m.quality),
     }
 }
 

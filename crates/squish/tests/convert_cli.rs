@@ -163,6 +163,9 @@ fn eval_on_too_short_a_text_is_a_clear_error() {
     std::fs::write(&text, "Too short.").unwrap();
     let o = squish().args(["eval", "--ctx", "64", "--text"]).arg(&text).arg(tiny("llama")).output().unwrap();
     assert_clean_failure(&o, "perplexity needs at least one window of --ctx 64");
+    std::fs::write(&text, "").unwrap();
+    let o = squish().args(["eval", "--ctx", "64", "--text"]).arg(&text).arg(tiny("llama")).output().unwrap();
+    assert_clean_failure(&o, "the text has 0 tokens");
 }
 
 #[test]

@@ -48,3 +48,16 @@ fn a_base_with_another_vocabulary_is_refused() {
         .unwrap();
     assert_clean_failure(&o, "cannot be compared");
 }
+
+/// Sliding windows score every token once: windows of 64 every 32 tokens, the first scoring
+/// 63 predictions and each later one its last 32.
+#[test]
+fn sliding_windows_score_each_token_once() {
+    let m = tiny("llama");
+    let r = eval_json(&["--text", corpus().to_str().unwrap(), "--ctx", "64", "--stride", "32", "--chunks", "4", m.to_str().unwrap()]);
+    assert_eq!(r["windows"], 4);
+    assert_eq!(r["tokens_scored"], 63 + 3 * 32);
+    assert_eq!(r["scoring"], "sliding, stride 32");
+    let o = squish().args(["eval", "--ctx", "64", "--stride", "65", "--text"]).arg(corpus()).arg(&m).output().unwrap();
+    assert_clean_failure(&o, "--stride 65");
+}

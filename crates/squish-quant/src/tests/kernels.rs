@@ -344,6 +344,7 @@ fn int4_neon_paths_match_scalar_bit_for_bit() {
 /// result is the same alone or in any batch), on shapes with partial panels and group
 /// sizes 32 to 128.
 #[test]
+#[cfg(target_arch = "x86_64")]
 fn int4_panels_equal_the_gemm_for_any_batch() {
     let (q, x) = int4_case(17, 576, 64, 40, 11);
     if int4::Int4Panels::new(&q.view()).is_none() {

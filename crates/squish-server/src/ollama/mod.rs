@@ -99,7 +99,7 @@ async fn show(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>
     if model.chat_template().is_some_and(|t| t.knows_tools()) {
         capabilities.push("tools");
     }
-    Ok(Json(json!({
+    let mut shown = json!({
         "modelfile": format!("FROM {}\n", model.path.display()),
         "parameters": "",
         "template": model.tokenizer.chat_template().unwrap_or_default(),
@@ -115,7 +115,11 @@ async fn show(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>
         },
         "capabilities": capabilities,
         "modified_at": rfc3339(s.details.modified),
-    })))
+    });
+    if let Some(q) = &s.details.quality {
+        shown["quality"] = q.clone(); // squish eval's measured perplexity, KLD, ...
+    }
+    Ok(Json(shown))
 }
 
 #[derive(Deserialize)]
