@@ -63,12 +63,14 @@ pub fn causal_attention_cpu_many(items: &[(&Tensor, &Tensor, &Tensor, usize)]) -
         let (i, kvh) = (idx / v.kv_heads, idx % v.kv_heads);
         let base = kvh * v.head_stride;
         let seen = (v.start + i + 1).min(v.kv_len);
-        let qrow = |g: usize| {
-            let h = kvh * group + g;
-            &v.qs[(h * v.q_len + i) * v.d..(h * v.q_len + i + 1) * v.d]
-        };
-        let scale = 1.0 / (v.d as f32).sqrt();
-        attend(&qrow, group, &v.ks[base..], &v.vs[base..], v.pos_stride, seen, scale, scores, o);
+        let q = (0..group)
+            .map(|g| {
+                let h = kvh * group + g;
+                &v.qs[(h * v.q_len + i) * v.d..(h * v.q_len + i + 1) * v.d]
+            })
+            .collect();
+        let job = Group { q, k: &v.ks[base..], v: &v.vs[base..], stride: v.pos_stride, seen, scale: 1.0 / (v.d as f32).sqrt() };
+        attend(&job, scores, o);
     });
     let tensors = outs
         .into_iter()
@@ -94,86 +96,54 @@ struct View<'a> {
     start: usize,
 }
 
-/// The `group` query heads sharing one kv head (`q(g)`, each d long) over `seen` keys:
-/// o_g = softmax(q_g·K / sqrt(d)) V, into `o` (group x d). Each head's arithmetic is the
-/// same as alone (same dot, same order over keys); only the key and value reads are shared.
-#[allow(clippy::too_many_arguments)]
-fn attend<'q>(
-    q: &dyn Fn(usize) -> &'q [f32],
-    group: usize,
-    k: &[f32],
-    v: &[f32],
+/// One task's inputs: the query heads sharing a kv head (each d long), and that head's keys
+/// and values (`stride` apart) of which the first `seen` count.
+struct Group<'a> {
+    q: Vec<&'a [f32]>,
+    k: &'a [f32],
+    v: &'a [f32],
     stride: usize,
     seen: usize,
     scale: f32,
-    scores: &mut Vec<f32>,
-    o: &mut [f32],
-) {
+}
+
+/// o_g = softmax(q_g·K / sqrt(d)) V for each query head g of `job`, into `o` (group x d).
+/// Each head's arithmetic is the same as alone (same dot, same order over keys); only the
+/// key and value reads are shared.
+fn attend(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { attend_avx512(q, group, k, v, stride, seen, scale, scores, o) };
+            return unsafe { attend_avx512(job, scores, o) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { attend_avx2(q, group, k, v, stride, seen, scale, scores, o) };
+            return unsafe { attend_avx2(job, scores, o) };
         }
     }
-    attend_body(q, group, k, v, stride, seen, scale, scores, o)
+    attend_body(job, scores, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512<'q>(
-    q: &dyn Fn(usize) -> &'q [f32],
-    group: usize,
-    k: &[f32],
-    v: &[f32],
-    s: usize,
-    n: usize,
-    sc: f32,
-    buf: &mut Vec<f32>,
-    o: &mut [f32],
-) {
-    attend_body(q, group, k, v, s, n, sc, buf, o)
+unsafe fn attend_avx512(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+    attend_body(job, scores, o)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2<'q>(
-    q: &dyn Fn(usize) -> &'q [f32],
-    group: usize,
-    k: &[f32],
-    v: &[f32],
-    s: usize,
-    n: usize,
-    sc: f32,
-    buf: &mut Vec<f32>,
-    o: &mut [f32],
-) {
-    attend_body(q, group, k, v, s, n, sc, buf, o)
+unsafe fn attend_avx2(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+    attend_body(job, scores, o)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_body<'q>(
-    q: &dyn Fn(usize) -> &'q [f32],
-    group: usize,
-    k: &[f32],
-    v: &[f32],
-    stride: usize,
-    seen: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    o: &mut [f32],
-) {
+fn attend_body(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+    let Group { q: qs, k, v, stride, seen, scale } = job;
+    let (stride, seen, scale, group) = (*stride, *seen, *scale, qs.len());
     let d = o.len() / group;
     scores.clear();
     scores.resize(group * seen, 0.0); // [g][j]
-    let qs: Vec<&[f32]> = (0..group).map(q).collect();
     let mut max = vec![f32::NEG_INFINITY; group];
     for j in 0..seen {
         let kj = &k[j * stride..j * stride + d];

@@ -184,20 +184,9 @@ unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
                 acc_hi[a][t] = _mm512_dpbusd_epi32(acc_hi[a][t], hi, xh);
             }
         }
-        let s = _mm512_loadu_ps(at.sf.add((lo_blk / c.bpg) * PANEL));
-        for t in 0..T {
-            let acc = _mm512_add_epi32(acc_lo[0][t], acc_lo[1][t]);
-            let d = _mm512_set1_ps(*c.d.add(lo_blk * tp + at.tok + t));
-            let f = _mm512_sub_ps(_mm512_castsi512_ps(acc), magic);
-            tot[t] = _mm512_fmadd_ps(f, _mm512_mul_ps(s, d), tot[t]);
-        }
-        let s = _mm512_loadu_ps(at.sf.add((hi_blk / c.bpg) * PANEL));
-        for t in 0..T {
-            let acc = _mm512_add_epi32(acc_hi[0][t], acc_hi[1][t]);
-            let d = _mm512_set1_ps(*c.d.add(hi_blk * tp + at.tok + t));
-            let f = _mm512_sub_ps(_mm512_castsi512_ps(acc), magic);
-            tot[t] = _mm512_fmadd_ps(f, _mm512_mul_ps(s, d), tot[t]);
-        }
+        // Blocks in order, as the GEMM tile: the low-nibble block, then the high one.
+        add_block::<T>(c, at, lo_blk, &acc_lo, &mut tot);
+        add_block::<T>(c, at, hi_blk, &acc_hi, &mut tot);
     }
     let m: __mmask16 = if at.valid == PANEL { 0xFFFF } else { (1u16 << at.valid) - 1 };
     for t in 0..T {
@@ -209,5 +198,19 @@ unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
         }
         let y = _mm512_add_ps(tot[t], e);
         _mm512_mask_storeu_ps(outs[t].as_mut_ptr().add(at.col), m, y);
+    }
+}
+
+/// tot[t] += f32(block `blk`'s exact integer dot) · (scale · activation scale), the block's
+/// dot being the two accumulators' sum less `MAGIC`.
+#[inline(always)]
+unsafe fn add_block<const T: usize>(c: &Ctx, at: &Tile, blk: usize, acc: &[[__m512i; T]; 2], tot: &mut [__m512; T]) {
+    let magic = _mm512_set1_ps(MAGIC);
+    let s = _mm512_loadu_ps(at.sf.add((blk / c.bpg) * PANEL));
+    for t in 0..T {
+        let sum = _mm512_add_epi32(acc[0][t], acc[1][t]);
+        let d = _mm512_set1_ps(*c.d.add(blk * c.tp + at.tok + t));
+        let f = _mm512_sub_ps(_mm512_castsi512_ps(sum), magic);
+        tot[t] = _mm512_fmadd_ps(f, _mm512_mul_ps(s, d), tot[t]);
     }
 }
