@@ -8,7 +8,7 @@ mod engine;
 mod perplexity;
 
 pub use bench::{bench_run, BenchRun};
-pub use engine::{Engine, EngineConfig, Event, Load, Request, StopMatcher, SubmitError, TokenLogprob, Usage};
+pub use engine::{Engine, EngineConfig, Event, Load, Request, SubmitError, TokenLogprob, Usage};
 pub use constraint::{Constraint, ConstraintError, ConstraintFactory, OutputFormat};
 pub use perplexity::{perplexity, BaseComparison, PerplexityReport};
 /// What callers of the engine need of the model, so they need not depend on squish-model.

@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
-pub use stop::StopMatcher;
+use stop::StopMatcher;
 
 /// One generation to run.
 #[derive(Debug, Clone)]
