@@ -29,6 +29,7 @@ pub struct ServeArgs {
     /// Address to listen on; 0.0.0.0 exposes the server to the network
     #[arg(long, env = "SQUISH_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// Port to listen on (0: any free one; the address is printed once listening)
     #[arg(long, env = "SQUISH_PORT", default_value_t = 11435)]
     pub port: u16,
     /// Require `Authorization: Bearer KEY` on every route but /health
