@@ -12,7 +12,7 @@ pub use engine::{Engine, EngineConfig, Event, Load, Request, SubmitError, TokenL
 pub use constraint::{Constraint, ConstraintError, ConstraintFactory, OutputFormat};
 pub use perplexity::{perplexity, BaseComparison, PerplexityReport};
 /// What callers of the engine need of the model, so they need not depend on squish-model.
-pub use squish_model::{tensor_plan, ChatTemplate, Message, Model, ModelError, SamplingParams, Tokenizer};
+pub use squish_model::{civil_from_days, tensor_plan, ChatTemplate, Message, Model, ModelError, SamplingParams, Tokenizer};
 use squish_model::{KvCache, Sampler, TextStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -149,6 +149,6 @@ impl<'m> Session<'m> {
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

@@ -13,7 +13,7 @@ mod sampler;
 mod tokenizer;
 mod weights;
 
-pub use chat_template::{ChatTemplate, Message};
+pub use chat_template::{civil_from_days, ChatTemplate, Message};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use decoder::{tensor_plan, Decoder, Observer, Step, Tap, TensorSpec};
 pub use error::ModelError;

@@ -115,7 +115,11 @@ fn details(path: &Path, model: &Model) -> ModelDetails {
     let has = |_: &str| false;
     let parameters: u64 = squish_engine::tensor_plan(cfg, &has).iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
     let size_bytes = dir_size(path);
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
     let manifest = matches!(ModelFiles::open(path), Ok(ModelFiles::Squish(_))).then(|| read_manifest(path).ok()).flatten();
     let (format, quantization) = match (&manifest, path.extension().is_some_and(|e| e == "gguf")) {
         (Some(m), _) => ("squish", m.scheme.to_uppercase()),
@@ -133,8 +137,8 @@ fn details(path: &Path, model: &Model) -> ModelDetails {
         },
         quantization,
         size_bytes,
-        digest: format!("{size_bytes:x}-{}", modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())),
-        modified: modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs()),
+        digest: format!("{size_bytes:x}-{modified}"),
+        modified,
         quality: manifest.and_then(|m| m.quality),
     }
 }

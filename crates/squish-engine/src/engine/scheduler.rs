@@ -15,7 +15,7 @@
 
 use super::sequence::Sequence;
 use super::{Command, Event, Request, Shared};
-use crate::{Constraint, FinishReason};
+use crate::{common_prefix, Constraint, FinishReason};
 use squish_model::{KvCache, Model, ModelError, Step};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -233,8 +233,4 @@ fn embed(model: &Model, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
     }
     let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     Ok(sum.into_iter().map(|x| x / norm).collect())
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
