@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use error::ApiError;
+pub use ollama::{PullFailure, PullStatus, Puller};
 
 pub struct ServerOptions {
     pub addr: SocketAddr,
@@ -33,6 +34,8 @@ pub struct ServerOptions {
     /// After a shutdown signal, how long in-flight requests may take to finish.
     pub grace: Duration,
     pub details: ModelDetails,
+    /// What `/api/pull` runs; None: it answers 501.
+    pub puller: Option<Puller>,
 }
 
 /// What /api/tags and /api/show report about the model.
@@ -63,6 +66,7 @@ pub(crate) struct AppState {
     /// Unix seconds at start, for `created` fields.
     pub started: u64,
     pub details: ModelDetails,
+    pub puller: Option<Puller>,
 }
 
 impl AppState {
@@ -84,6 +88,7 @@ pub fn router(engine: Arc<Engine>, opts: &ServerOptions) -> Result<Router, prome
         metrics: Arc::new(metrics::Metrics::new()?),
         started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         details: opts.details.clone(),
+        puller: opts.puller.clone(),
     });
     Ok(Router::new()
         .route("/health", get(health))

@@ -24,7 +24,7 @@ and per-stream tokens/s. Servers take turns level by level, after one warm-up ea
   llama-server -m model.gguf --port 18102 -np 8 &
   squish bench --server http://127.0.0.1:18101 --server http://127.0.0.1:18102 --concurrency 1,8")]
 pub struct BenchArgs {
-    /// The model [default: the default model]
+    /// A model: a path (squish or Hugging Face directory, .gguf file) or a pulled name (qwen2.5:7b, org/repo, either with @int8) [default: SmolLM2-135M-Instruct, fetched by scripts/fetch-models.sh]
     pub model: Option<PathBuf>,
     /// Prompt tokens to prefill
     #[arg(short, default_value_t = 512)]

@@ -3,7 +3,7 @@
 use crate::setup;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use squish_model::convert::{self, ConvertOptions, Progress, Scheme};
+use squish_model::convert::{self, ConvertOptions, Progress, Scheme, Summary};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -18,7 +18,7 @@ pub enum To {
 }
 
 impl To {
-    fn scheme(self) -> Scheme {
+    pub fn scheme(self) -> Scheme {
         match self {
             To::Int4 => Scheme::Int4,
             To::Int8 => Scheme::Int8,
@@ -75,24 +75,18 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         calib_tokens: args.calib_tokens,
         force: args.force,
     };
-    let calib_bar = setup::progress_bar(0, "calibrating {bar:30} {pos}/{len} tokens {elapsed}<{eta}");
-    let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} tensors {elapsed}<{eta} {msg}");
-    let summary = convert::convert(&args.source, &args.output, &opts, &mut |p| match p {
-        Progress::Calibrating { tokens, total } => {
-            calib_bar.set_length(total as u64);
-            calib_bar.set_position(tokens as u64);
-        }
-        Progress::Tensor { index, total, name } => {
-            calib_bar.finish_and_clear();
-            bar.set_length(total as u64);
-            bar.set_position(index as u64);
-            bar.set_message(name.to_string());
-        }
-    });
-    bar.finish_and_clear();
+    let bars = ConvertBars::new();
+    let summary = convert::convert(&args.source, &args.output, &opts, &mut |p| bars.update(p));
+    bars.finish();
     let s = summary?;
-    let mb = |b: u64| b as f64 / 1e6;
     println!("converted {} -> {} ({})", args.source.display(), args.output.display(), scheme.name());
+    print_summary(&s);
+    Ok(())
+}
+
+/// The lines after "converted ...", shared with `squish pull`.
+pub fn print_summary(s: &Summary) {
+    let mb = |b: u64| b as f64 / 1e6;
     println!("  tensors          {}", s.tensors);
     println!("  parameters       {:.1} M", s.parameters as f64 / 1e6);
     println!("  bits/weight      {:.3} (codes, scales, mins and dense tensors over all parameters)", s.bits_per_weight);
@@ -104,5 +98,39 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         println!("  note             {name}: {note}");
     }
     println!("  time             {:.1} s", s.seconds);
-    Ok(())
+}
+
+/// The calibration and per-tensor bars of a conversion, fed from its progress events.
+pub struct ConvertBars {
+    calib: indicatif::ProgressBar,
+    tensors: indicatif::ProgressBar,
+}
+
+impl ConvertBars {
+    pub fn new() -> Self {
+        Self {
+            calib: setup::progress_bar(0, "calibrating {bar:30} {pos}/{len} tokens {elapsed}<{eta}"),
+            tensors: setup::progress_bar(0, "{bar:30} {pos}/{len} tensors {elapsed}<{eta} {msg}"),
+        }
+    }
+
+    pub fn update(&self, p: Progress) {
+        match p {
+            Progress::Calibrating { tokens, total } => {
+                self.calib.set_length(total as u64);
+                self.calib.set_position(tokens as u64);
+            }
+            Progress::Tensor { index, total, name } => {
+                self.calib.finish_and_clear();
+                self.tensors.set_length(total as u64);
+                self.tensors.set_position(index as u64);
+                self.tensors.set_message(name.to_string());
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        self.calib.finish_and_clear();
+        self.tensors.finish_and_clear();
+    }
 }

@@ -1,7 +1,10 @@
-//! The embedded default model: SmolLM2-135M-Instruct, fetched by `scripts/fetch-models.sh`
-//! into the cache dir. Used when a command is given no model.
+//! What a model argument names: a path (squish dir, Hugging Face dir or .gguf), a model in the
+//! store (`qwen2.5:7b`, `org/repo`, either with `@int8`), or, when none is given, the embedded
+//! default SmolLM2-135M-Instruct that `scripts/fetch-models.sh` fetches into the cache dir.
 
-use std::path::PathBuf;
+use anyhow::bail;
+use squish_hub::{catalog, Store};
+use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -17,17 +20,51 @@ pub fn models_dir() -> PathBuf {
     cache.join("models")
 }
 
-/// The model to use: the one given, else the default if it has been fetched.
+/// A model to load, and the name it goes by when it came from the store.
+pub struct ModelArg {
+    pub path: PathBuf,
+    pub store_name: Option<String>,
+}
+
+/// The model to use: the path given, else the store model it names, else the default if it
+/// has been fetched. A path on disk wins over a store name spelled the same.
 pub fn resolve(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
+    Ok(resolve_arg(given)?.path)
+}
+
+pub fn resolve_arg(given: Option<PathBuf>) -> anyhow::Result<ModelArg> {
+    let Some(given) = given else {
+        let default = models_dir().join(FILE_NAME);
+        if default.is_file() {
+            return Ok(ModelArg { path: default, store_name: None });
+        }
+        bail!(
+            "no model given and the default model is not downloaded: run scripts/fetch-models.sh (expected {})",
+            default.display()
+        )
+    };
+    if given.exists() {
+        return Ok(ModelArg { path: given, store_name: None });
     }
-    let default = models_dir().join(FILE_NAME);
-    if default.is_file() {
-        return Ok(default);
+    let text = given.to_string_lossy();
+    let looks_like_path = text.starts_with(['.', '/', '~']) || Path::new(&*text).extension().is_some_and(|e| e == "gguf");
+    if looks_like_path {
+        bail!("{text}: no such file or directory");
     }
-    anyhow::bail!(
-        "no model given and the default model is not downloaded: run scripts/fetch-models.sh (expected {})",
-        default.display()
-    )
+    let reference = match catalog::parse(&text) {
+        Ok(r) => r,
+        Err(e) => bail!("{text}: no such file or directory, nor a model name ({e})"),
+    };
+    let store = Store::from_env();
+    if let Some(found) = store.find(&reference)? {
+        return Ok(ModelArg { path: found.dir, store_name: Some(text.into_owned()) });
+    }
+    let other: Vec<String> = store.matching(&catalog::ModelRef { scheme: None, ..reference.clone() })?.iter().map(|m| m.scheme.clone()).collect();
+    let pull = format!("squish pull {}", reference.display_name());
+    match (reference.scheme.as_deref(), other.is_empty()) {
+        (Some(scheme), false) => {
+            bail!("{text}: the store holds it as {} only; `{pull} --to {scheme}` adds {scheme}", other.join(", "))
+        }
+        _ => bail!("{text}: no such file, and not in the model store ({}): `{pull}` fetches it", store.root().display()),
+    }
 }

@@ -14,7 +14,7 @@ model uses one, the second half of each window scored (--stride N: sliding windo
 as Hugging Face's recipe). Example:
   squish eval smollm2-int4 --text ../shared/corpora/dev-corpus.txt --ctx 512 --chunks 40")]
 pub struct EvalArgs {
-    /// The model [default: the default model]
+    /// A model: a path (squish or Hugging Face directory, .gguf file) or a pulled name (qwen2.5:7b, org/repo, either with @int8) [default: SmolLM2-135M-Instruct, fetched by scripts/fetch-models.sh]
     pub model: Option<PathBuf>,
     /// The text to score
     #[arg(long)]
@@ -51,7 +51,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}", args.text.display()))?;
     let model = Model::load(&path, &device, Some(args.ctx.max(8)))?;
     let base = match &args.base {
-        Some(b) => Some(Model::load(b, &device, Some(args.ctx.max(8)))?),
+        Some(b) => Some(Model::load(&default_model::resolve(Some(b.clone()))?, &device, Some(args.ctx.max(8)))?),
         None => None,
     };
     let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} windows {elapsed}<{eta}");

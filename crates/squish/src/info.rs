@@ -1,4 +1,5 @@
-//! `squish info`: what a squish model directory holds, from its manifest.
+//! `squish info` (alias `show`): what a squish model holds, from its manifest, and for a pulled
+//! one where it came from.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// A squish model directory (made by `squish convert`)
+    /// A squish model: a directory made by `squish convert`, or a pulled name (qwen2.5:7b[@int8])
     pub model: PathBuf,
     /// Print the whole manifest as JSON
     #[arg(long)]
@@ -18,7 +19,9 @@ pub struct InfoArgs {
     pub verify: bool,
 }
 
-pub fn run(args: InfoArgs) -> Result<()> {
+pub fn run(mut args: InfoArgs) -> Result<()> {
+    let arg = crate::default_model::resolve_arg(Some(args.model.clone()))?;
+    args.model = arg.path;
     let manifest = read_manifest(&args.model)?;
     let verified = if args.verify { Some(SquishDir::open(&args.model)?.verify()?) } else { None };
     if let Some(bad) = verified.iter().flatten().find(|(_, ok)| !ok) {
@@ -30,6 +33,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     let m = &manifest;
     println!("{}", args.model.display());
+    if let Some(name) = &arg.store_name {
+        print_pull_record(name)?;
+    }
     println!("  format           squish v{} ({})", m.version, m.created_by);
     println!("  source           {} ({}, sha256 {})", m.source.path, m.source.kind, &m.source.sha256[..16.min(m.source.sha256.len())]);
     let group = m.group_size.map(|g| format!(", group {g}")).unwrap_or_default();
@@ -66,6 +72,19 @@ pub fn run(args: InfoArgs) -> Result<()> {
     match &m.quality {
         Some(q) => println!("  quality          {q}"),
         None => println!("  quality          not measured (squish eval fills it)"),
+    }
+    Ok(())
+}
+
+/// Where a pulled model came from, as `squish pull` recorded it.
+fn print_pull_record(name: &str) -> Result<()> {
+    let store = squish_hub::Store::from_env();
+    let Some(found) = store.find(&squish_hub::catalog::parse(name)?)? else { return Ok(()) };
+    println!("  name             {}", found.reference());
+    if let Some(r) = &found.record {
+        let file = r.file.as_ref().map(|f| format!(", file {f}")).unwrap_or_default();
+        println!("  pulled from      {} at {} (commit {}{file})", r.repo, r.revision, r.commit);
+        println!("  license          {}", r.license.as_deref().unwrap_or("not stated"));
     }
     Ok(())
 }

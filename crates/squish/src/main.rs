@@ -7,6 +7,9 @@ mod convert;
 mod default_model;
 mod eval;
 mod info;
+mod models;
+mod pull;
+mod pull_bars;
 mod run;
 mod serve;
 mod setup;
@@ -26,7 +29,8 @@ enum Command {
     Run(run::RunArgs),
     /// Compress a model (Hugging Face dir or GGUF) into a squish directory: int4, int8, f16, bf16
     Convert(convert::ConvertArgs),
-    /// Show a squish model's manifest: source, schemes, bits/weight, checksums, quality
+    /// Show a model's manifest: source, schemes, bits/weight, checksums, quality (and where a pulled one came from)
+    #[command(visible_alias = "show")]
     Info(info::InfoArgs),
     /// Measure perplexity on a text file
     Eval(eval::EvalArgs),
@@ -34,9 +38,21 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve a model over OpenAI- and Ollama-compatible HTTP APIs, batching concurrent requests
     Serve(serve::ServeArgs),
+    /// Download a model from the Hugging Face Hub (catalog name or org/repo) and convert it into the store
+    Pull(pull::PullArgs),
+    /// List the models in the store (--catalog: the names `pull` knows)
+    #[command(visible_alias = "list")]
+    Models(models::ModelsArgs),
+    /// Remove a model from the store
+    Rm(models::RmArgs),
 }
 
 fn main() {
+    // A closed pipe (`squish models | head`) ends the process quietly, as for other CLI tools.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
@@ -45,6 +61,9 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::Models(args) => models::list(args),
+        Command::Rm(args) => models::rm(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
@@ -54,7 +73,7 @@ fn main() {
 
 /// The error and its causes on one line, without repeating a cause that the message already
 /// contains.
-fn one_line(e: &anyhow::Error) -> String {
+pub fn one_line(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();

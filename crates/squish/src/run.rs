@@ -18,7 +18,7 @@ use std::time::Instant;
   squish run ./Qwen2.5-0.5B-Instruct                  (chat; /exit or Ctrl-D to leave)
   squish run model.gguf --raw --prompt \"Once upon a time\" --temperature 0")]
 pub struct RunArgs {
-    /// A Hugging Face model directory or a .gguf file [default: SmolLM2-135M-Instruct, fetched by scripts/fetch-models.sh]
+    /// A model: a path (squish or Hugging Face directory, .gguf file) or a pulled name (qwen2.5:7b, org/repo, either with @int8) [default: SmolLM2-135M-Instruct, fetched by scripts/fetch-models.sh]
     pub model: Option<PathBuf>,
     /// Generate once from this prompt and exit; without it, start an interactive chat
     #[arg(short, long)]

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 #[derive(Args)]
 #[command(after_help = "Endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models (OpenAI);
-/api/chat, /api/generate, /api/embed, /api/tags, /api/show, /api/ps, /api/version (Ollama);
+/api/chat, /api/generate, /api/embed, /api/tags, /api/show, /api/ps, /api/version, /api/pull (Ollama;
+pull converts into the store, served after a restart with --model NAME);
 /health, /metrics (Prometheus).
 
 Examples:
@@ -23,7 +24,7 @@ Examples:
   SQUISH_API_KEY=secret squish serve --model model.gguf --host 0.0.0.0
   curl localhost:11435/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")]
 pub struct ServeArgs {
-    /// A squish or Hugging Face model directory, or a .gguf file [default: SmolLM2-135M-Instruct, fetched by scripts/fetch-models.sh]
+    /// A model: a path (squish or Hugging Face directory, .gguf file) or a pulled name (qwen2.5:7b, org/repo, either with @int8) [default: SmolLM2-135M-Instruct, fetched by scripts/fetch-models.sh]
     #[arg(long, env = "SQUISH_MODEL")]
     pub model: Option<PathBuf>,
     /// Address to listen on; 0.0.0.0 exposes the server to the network
@@ -65,11 +66,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let (device, threads) = crate::setup::device(&args.device, args.threads)?;
-    let path = default_model::resolve(args.model.clone())?;
+    let arg = default_model::resolve_arg(args.model.clone())?;
+    let path = arg.path;
     let t0 = Instant::now();
     let model = Model::load(&path, &device, args.ctx)?;
     let details = details(&path, &model);
-    let model_id = args.name.clone().unwrap_or_else(|| default_name(&path));
+    let model_id = args.name.clone().or(arg.store_name).unwrap_or_else(|| default_name(&path));
     tracing::info!(
         "loaded {} ({}, ctx {}) on {device:?} with {threads} threads in {:.2} s",
         path.display(),
@@ -85,6 +87,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body: args.max_body,
         grace: Duration::from_secs(args.grace),
         details,
+        puller: Some(crate::pull::server_puller()),
     };
     let auth = if opts.api_key.is_some() { "required" } else { "off" };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,10 @@
 //! The Ollama-compatible routes: chat and generate (NDJSON streaming by default, as Ollama
-//! does), embed, and the model listing routes (tags, show, ps, version).
+//! does), embed, the model listing routes (tags, show, ps, version), and pull.
 
 mod generate;
+mod pull;
+
+pub use pull::{PullFailure, PullStatus, Puller};
 
 use crate::error::{parse_json, ApiError, OllamaError};
 use crate::AppState;
@@ -27,6 +30,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/show", post(show))
         .route("/api/ps", get(ps))
         .route("/api/version", get(version))
+        .route("/api/pull", post(pull::pull))
 }
 
 /// Now as RFC 3339 UTC, Ollama's `created_at`.
