@@ -186,6 +186,14 @@ fn hub_failures_say_what_to_do() {
     assert_clean_failure(&env.squish(&["pull", "test/tiny", "--revision", "v9"]), "revision `v9` not found");
     assert_clean_failure(&env.squish(&["pull", "test/evil"]), "refusing file name `../../escape.safetensors`");
     assert_clean_failure(&env.squish(&["run", "test/tiny@int8", "--prompt", "hi"]), "squish pull test/tiny");
+    // A full disk: the weights' partial file is /dev/full, where every write fails ENOSPC.
+    let info = http_get(hub.url.trim_start_matches("http://"), "/api/models/test/tiny/revision/main?blobs=true");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let sha = info["siblings"].as_array().unwrap().iter().find_map(|f| f["lfs"]["sha256"].as_str()).unwrap();
+    let blobs = env.home.join("hf/hub/models--test--tiny/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::os::unix::fs::symlink("/dev/full", blobs.join(format!("{sha}.incomplete"))).unwrap();
+    assert_clean_failure(&env.squish(&["pull", "test/tiny"]), "No space left on device");
     assert!(!env.home.join("store/models").exists(), "failed pulls store nothing");
     // With the token: the gated repo pulls, and a missing repo is plainly missing.
     let with_token = |args: &[&str]| {
