@@ -13,7 +13,7 @@ use std::path::PathBuf;
 const TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> (Model, Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name);
+    let dir = PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/fixtures/tiny").join(name);
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     (Model::load(&dir, &Device::Cpu, None).unwrap(), reference)
 }

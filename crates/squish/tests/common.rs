@@ -22,7 +22,7 @@ pub fn smollm2() -> PathBuf {
 
 /// The committed tiny models made by tests/fixtures/make_tiny_models.py.
 pub fn tiny(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name)
+    Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/fixtures/tiny").join(name)
 }
 
 /// A fresh empty directory under the target dir, named after the test.

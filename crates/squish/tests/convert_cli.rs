@@ -137,7 +137,7 @@ fn tiny_models_of_every_architecture_convert_and_run() {
 fn eval_and_bench_report_machine_readable_results() {
     let dir = converted_tiny("eval_bench");
     let text = scratch("eval_bench_text").join("text.txt");
-    std::fs::write(&text, std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap()).unwrap();
+    std::fs::write(&text, std::fs::read_to_string(Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../README.md")).unwrap()).unwrap();
     let o = squish().args(["eval", "--ctx", "64", "--chunks", "2", "--json", "--text"]).arg(&text).arg(&dir).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -171,7 +171,7 @@ fn eval_on_too_short_a_text_is_a_clear_error() {
 #[test]
 fn calibrated_conversion_records_its_calibration() {
     let dir = scratch("calibrated").join("m");
-    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let text = Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../README.md");
     let o = convert(&tiny("qwen2"), "int4", &dir, &["--calib", text.to_str().unwrap(), "--calib-tokens", "600"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("calibration"), "{}", stdout(&o));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 fn corpus() -> PathBuf {
     // CI lays shared/ beside the clone, as on the development machines.
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/dev-corpus.txt");
+    let p = PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../../shared/corpora/dev-corpus.txt");
     assert!(p.is_file(), "{} is missing", p.display());
     p
 }

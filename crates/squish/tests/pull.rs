@@ -18,7 +18,7 @@ struct FakeHub {
 
 impl FakeHub {
     fn start(args: &[&str]) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/hub/fake_hub.py");
+        let script = Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/hub/fake_hub.py");
         let mut child = Command::new("python3").arg(script).args(args).stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
@@ -242,7 +242,7 @@ fn ollama_client_pulls_through_the_server() {
     let url = line.trim().strip_prefix("squish: listening on ").unwrap_or_else(|| panic!("server said: {line:?}")).to_string();
     let o = Command::new("python3")
         .arg("test_pull.py")
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/server"))
+        .current_dir(Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/server"))
         .env("SQUISH_URL", &url)
         .env("SQUISH_HOME", &store)
         .output()

@@ -42,7 +42,7 @@ impl Drop for Server {
 
 /// Runs one script of tests/server/ against `server`; its unittest report shows on failure.
 fn python(script: &str, server: &Server, env: &[(&str, &str)]) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/server");
+    let dir = PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/server");
     let o = Command::new("python3")
         .arg(script)
         .current_dir(&dir)
