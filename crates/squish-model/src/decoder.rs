@@ -65,12 +65,14 @@ pub struct TensorSpec {
     pub shape: Vec<usize>,
 }
 
-/// Every tensor the decoder of `cfg` reads, in a stable order; `has` says which optional ones
-/// (biases, q/k norms, untied head, rope frequencies) the source holds.
+/// Every tensor the decoder of `cfg` reads, in a stable order: the layers in order, then the
+/// final norm, embeddings and head (whose calibration statistics come after the last layer's);
+/// `has` says which optional ones (biases, q/k norms, untied head, rope frequencies) the
+/// source holds.
 pub fn tensor_plan(cfg: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<TensorSpec> {
     let (h, hd) = (cfg.hidden, cfg.head_dim);
     let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
-    let mut plan = vec![TensorSpec { name: "model.embed_tokens.weight".into(), shape: vec![cfg.vocab, h] }];
+    let mut plan = Vec::new();
     let mut add = |name: String, shape: Vec<usize>, optional: bool| {
         if !optional || has(&name) {
             plan.push(TensorSpec { name, shape });
@@ -93,6 +95,7 @@ pub fn tensor_plan(cfg: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<TensorS
         add(format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate], false);
     }
     add("model.norm.weight".into(), vec![h], false);
+    add("model.embed_tokens.weight".into(), vec![cfg.vocab, h], false);
     if !cfg.tie_embeddings {
         add("lm_head.weight".into(), vec![cfg.vocab, h], true);
     }
@@ -109,13 +112,38 @@ struct Attention {
     k_norm: Option<Tensor>,
 }
 
-struct Layer {
+pub(crate) struct Layer {
     attn_norm: Tensor,
     attn: Attention,
     mlp_norm: Tensor,
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+impl Layer {
+    /// Decoder layer `i`'s weights.
+    pub(crate) fn load(cfg: &ModelConfig, w: &Weights, i: usize) -> Result<Self, ModelError> {
+        let (h, hd) = (cfg.hidden, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
+        let linear = |name: &str, out: usize, inp: usize| w.linear(name, out, inp);
+        let p = format!("model.layers.{i}");
+        Ok(Layer {
+            attn_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+            attn: Attention {
+                q: linear(&format!("{p}.self_attn.q_proj"), q_out, h)?,
+                k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h)?,
+                v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), h, q_out)?,
+                q_norm: w.maybe(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
+                k_norm: w.maybe(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
+            },
+            mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate, h)?,
+            up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate, h)?,
+            down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
+        })
+    }
 }
 
 pub struct Decoder {
@@ -132,28 +160,15 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the decoder from its weights. `max_pos` bounds the positions RoPE is computed for.
     pub fn load(cfg: &ModelConfig, w: &Weights, max_pos: usize, device: &Device) -> Result<Self, ModelError> {
+        let mut decoder = Self::load_without_layers(cfg, w, max_pos, device)?;
+        decoder.layers = (0..cfg.layers).map(|i| Layer::load(cfg, w, i)).collect::<Result<_, _>>()?;
+        Ok(decoder)
+    }
+
+    /// The embeddings, final norm, head and RoPE only: layers are then run one at a time with
+    /// [`Decoder::layer_forward`] (layer-by-layer calibration).
+    pub(crate) fn load_without_layers(cfg: &ModelConfig, w: &Weights, max_pos: usize, device: &Device) -> Result<Self, ModelError> {
         let (h, hd) = (cfg.hidden, cfg.head_dim);
-        let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
-        let linear = |name: &str, out: usize, inp: usize| w.linear(name, out, inp);
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for i in 0..cfg.layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                attn_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                attn: Attention {
-                    q: linear(&format!("{p}.self_attn.q_proj"), q_out, h)?,
-                    k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h)?,
-                    v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h)?,
-                    o: linear(&format!("{p}.self_attn.o_proj"), h, q_out)?,
-                    q_norm: w.maybe(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
-                    k_norm: w.maybe(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
-                },
-                mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate, h)?,
-                up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate, h)?,
-                down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
-            });
-        }
         let embed = w.linear("model.embed_tokens", cfg.vocab, h)?;
         let lm_head = match w.has("lm_head.weight") && !cfg.tie_embeddings {
             true => Some(w.linear("lm_head", cfg.vocab, h)?),
@@ -167,7 +182,7 @@ impl Decoder {
         }
         let rope = Rope::new(&cfg.rope_inv_freq(), max_pos, device)?;
         let norm = w.get("model.norm.weight", &[h])?;
-        Ok(Self { cfg, embed, layers, norm, lm_head, rope, device: device.clone() })
+        Ok(Self { cfg, embed, layers: Vec::new(), norm, lm_head, rope, device: device.clone() })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -216,23 +231,46 @@ impl Decoder {
             }
             ids.extend_from_slice(s.tokens);
         }
-        let mut x = self.embed.rows(&ids, &self.device)?.unsqueeze(0)?; // (1, t, hidden)
+        let mut x = self.embed_rows(&ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
-            obs.observe(Tap::AttnIn(i), &n)?;
-            let a = self.attention(&layer.attn, &n, steps, i)?;
-            obs.observe(Tap::AttnOut(i), &a)?;
-            x = (x + layer.attn.o.forward(&a)?)?;
-            let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
-            obs.observe(Tap::MlpIn(i), &n)?;
-            let mid = silu_mul(&layer.gate.forward(&n)?, &layer.up.forward(&n)?)?;
-            obs.observe(Tap::MlpMid(i), &mid)?;
-            x = (x + layer.down.forward(&mid)?)?;
+            x = self.layer_forward(layer, i, i, x, steps, obs)?;
         }
         for s in steps.iter_mut() {
             s.cache.commit(s.tokens);
         }
-        Ok(rms_norm(&x, &self.norm, self.eps())?)
+        self.final_norm(&x)
+    }
+
+    /// ids -> (1, t, hidden)
+    pub(crate) fn embed_rows(&self, ids: &[u32]) -> Result<Tensor, ModelError> {
+        Ok(self.embed.rows(ids, &self.device)?.unsqueeze(0)?)
+    }
+
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(rms_norm(x, &self.norm, self.eps())?)
+    }
+
+    /// One decoder layer: x (1, t, hidden) -> (1, t, hidden). `i` names its taps; its keys and
+    /// values go to slot `cache_slot` of each step's cache.
+    pub(crate) fn layer_forward(
+        &self,
+        layer: &Layer,
+        i: usize,
+        cache_slot: usize,
+        x: Tensor,
+        steps: &mut [Step<'_>],
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor, ModelError> {
+        let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
+        obs.observe(Tap::AttnIn(i), &n)?;
+        let a = self.attention(&layer.attn, &n, steps, cache_slot)?;
+        obs.observe(Tap::AttnOut(i), &a)?;
+        let x = (x + layer.attn.o.forward(&a)?)?;
+        let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
+        obs.observe(Tap::MlpIn(i), &n)?;
+        let mid = silu_mul(&layer.gate.forward(&n)?, &layer.up.forward(&n)?)?;
+        obs.observe(Tap::MlpMid(i), &mid)?;
+        Ok((x + layer.down.forward(&mid)?)?)
     }
 
     /// hidden: (1, t, hidden) -> logits (1, t, vocab)

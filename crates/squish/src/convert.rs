@@ -100,37 +100,24 @@ pub fn print_summary(s: &Summary) {
     println!("  time             {:.1} s", s.seconds);
 }
 
-/// The calibration and per-tensor bars of a conversion, fed from its progress events.
+/// The per-tensor bar of a conversion, fed from its progress events.
 pub struct ConvertBars {
-    calib: indicatif::ProgressBar,
     tensors: indicatif::ProgressBar,
 }
 
 impl ConvertBars {
     pub fn new() -> Self {
-        Self {
-            calib: setup::progress_bar(0, "calibrating {bar:30} {pos}/{len} tokens {elapsed}<{eta}"),
-            tensors: setup::progress_bar(0, "{bar:30} {pos}/{len} tensors {elapsed}<{eta} {msg}"),
-        }
+        Self { tensors: setup::progress_bar(0, "{bar:30} {pos}/{len} tensors {elapsed}<{eta} {msg}") }
     }
 
     pub fn update(&self, p: Progress) {
-        match p {
-            Progress::Calibrating { tokens, total } => {
-                self.calib.set_length(total as u64);
-                self.calib.set_position(tokens as u64);
-            }
-            Progress::Tensor { index, total, name } => {
-                self.calib.finish_and_clear();
-                self.tensors.set_length(total as u64);
-                self.tensors.set_position(index as u64);
-                self.tensors.set_message(name.to_string());
-            }
-        }
+        let Progress::Tensor { index, total, name } = p;
+        self.tensors.set_length(total as u64);
+        self.tensors.set_position(index as u64);
+        self.tensors.set_message(name.to_string());
     }
 
     pub fn finish(&self) {
-        self.calib.finish_and_clear();
         self.tensors.finish_and_clear();
     }
 }

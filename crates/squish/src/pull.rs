@@ -234,9 +234,6 @@ pub fn server_puller() -> squish_server::Puller {
             }
             PullEvent::Fetch(FetchEvent::Retrying { file, error }) => report(PullStatus::new(format!("retrying {file}: {error}"))),
             PullEvent::Fetch(FetchEvent::Verifying { .. }) => report(PullStatus::new("verifying sha256 digest")),
-            PullEvent::Convert(Progress::Calibrating { tokens, total }) => {
-                report(PullStatus { total: Some(total as u64), completed: Some(tokens as u64), ..PullStatus::new("calibrating") })
-            }
             PullEvent::Convert(Progress::Tensor { index, total, .. }) => report(PullStatus {
                 total: Some(total as u64),
                 completed: Some(index as u64 + 1),

@@ -10,7 +10,7 @@ mod plan;
 
 pub use plan::{choose, Scheme, Storage, TensorChoice};
 
-use crate::{tensor_plan, Model, ModelError, Source, Tap};
+use crate::{tensor_plan, ModelError, Source, Tap};
 use candle_core::Device;
 use half::{bf16, f16};
 use squish_format::{
@@ -38,7 +38,7 @@ pub struct ConvertOptions {
 }
 
 pub enum Progress<'a> {
-    Calibrating { tokens: usize, total: usize },
+    /// Tensor `index` of `total` is next (with calibration, its layer runs first).
     Tensor { index: usize, total: usize, name: &'a str },
 }
 
@@ -72,16 +72,16 @@ pub fn convert(
         return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
     }
 
-    let (stats, calibration) = match &opts.calib {
+    let mut calib = match &opts.calib {
         Some(file) => {
             let text = std::fs::read_to_string(file).map_err(|e| io(file, e))?;
-            let model = Model::load(src_path, &Device::Cpu, None)?;
-            let mut report = |tokens, total| progress(Progress::Calibrating { tokens, total });
-            let stats = calibrate::collect(&model, &text, opts.calib_tokens, &mut report)?;
-            let info = CalibrationInfo { file: file.display().to_string(), sha256: sha256_file(file)?, tokens: stats.tokens };
-            (Some(stats), Some(info))
+            Some(calibrate::Calibration::start(&src, &text, opts.calib_tokens)?)
         }
-        None => (None, None),
+        None => None,
+    };
+    let calibration = match (&opts.calib, &calib) {
+        (Some(file), Some(c)) => Some(CalibrationInfo { file: file.display().to_string(), sha256: sha256_file(file)?, tokens: c.tokens }),
+        _ => None,
     };
 
     let files = src.files.as_ref();
@@ -118,7 +118,10 @@ pub fn convert(
     for (index, choice) in choices.iter().enumerate() {
         progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
         let tap = Tap::of_weight(&choice.spec.name);
-        let calib = stats.as_ref().zip(tap);
+        let calib = match (calib.as_mut(), tap) {
+            (Some(c), Some(tap)) => Some((c.stats_for(tap)?, tap)),
+            _ => None,
+        };
         let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
         for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, calib)) {
             if writer.as_ref().is_none_or(ShardWriter::is_complete) {
