@@ -160,17 +160,27 @@ pub struct Decoder {
 impl Decoder {
     /// Builds the decoder from its weights. `max_pos` bounds the positions RoPE is computed for.
     pub fn load(cfg: &ModelConfig, w: &Weights, max_pos: usize, device: &Device) -> Result<Self, ModelError> {
-        let mut decoder = Self::load_without_layers(cfg, w, max_pos, device)?;
+        let mut decoder = Self::load_without_layers(cfg, w, max_pos, device, true)?;
         decoder.layers = (0..cfg.layers).map(|i| Layer::load(cfg, w, i)).collect::<Result<_, _>>()?;
         Ok(decoder)
     }
 
-    /// The embeddings, final norm, head and RoPE only: layers are then run one at a time with
-    /// [`Decoder::layer_forward`] (layer-by-layer calibration).
-    pub(crate) fn load_without_layers(cfg: &ModelConfig, w: &Weights, max_pos: usize, device: &Device) -> Result<Self, ModelError> {
+    /// The final norm and RoPE, and the embeddings and head when `embeddings`: layers are then
+    /// run one at a time with [`Decoder::layer_forward`] (layer-by-layer calibration, which
+    /// embeds by itself and needs no head).
+    pub(crate) fn load_without_layers(
+        cfg: &ModelConfig,
+        w: &Weights,
+        max_pos: usize,
+        device: &Device,
+        embeddings: bool,
+    ) -> Result<Self, ModelError> {
         let (h, hd) = (cfg.hidden, cfg.head_dim);
-        let embed = w.linear("model.embed_tokens", cfg.vocab, h)?;
-        let lm_head = match w.has("lm_head.weight") && !cfg.tie_embeddings {
+        let embed = match embeddings {
+            true => w.linear("model.embed_tokens", cfg.vocab, h)?,
+            false => Linear::new(crate::linear::Weight::Dense(Tensor::zeros((0, h), candle_core::DType::F32, device)?), None),
+        };
+        let lm_head = match embeddings && w.has("lm_head.weight") && !cfg.tie_embeddings {
             true => Some(w.linear("lm_head", cfg.vocab, h)?),
             false => None,
         };

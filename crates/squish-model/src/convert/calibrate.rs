@@ -12,7 +12,9 @@
 use crate::decoder::{Decoder, Layer};
 use crate::{ModelError, Observer, Source, Tap, DEFAULT_CTX};
 use candle_core::{Device, Tensor};
+use squish_quant::int4::GptqFactor;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Windows of this many tokens, each on a fresh cache: the context calibration sees is the
 /// one perplexity is measured with.
@@ -23,6 +25,8 @@ pub struct ActivationStats {
     /// Σ x xᵀ per tap, features x features row-major.
     grams: HashMap<Tap, Vec<f64>>,
     rows: HashMap<Tap, usize>,
+    /// GPTQ's factor per tap, made on first use and shared by the matrices reading that tap.
+    factors: HashMap<Tap, Arc<GptqFactor>>,
 }
 
 impl ActivationStats {
@@ -40,9 +44,20 @@ impl ActivationStats {
         Some((0..k).map(|i| (gram[i * k + i] / n) as f32).collect())
     }
 
+    /// GPTQ's factor of the Hessian at `tap`.
+    pub fn gptq_factor(&mut self, tap: Tap) -> Option<Arc<GptqFactor>> {
+        if !self.factors.contains_key(&tap) {
+            let h = self.hessian(tap)?;
+            let k = (h.len() as f64).sqrt() as usize;
+            self.factors.insert(tap, Arc::new(GptqFactor::new(h, k)));
+        }
+        self.factors.get(&tap).cloned()
+    }
+
     fn keep_only(&mut self, keep: impl Fn(&Tap) -> bool) {
         self.grams.retain(|t, _| keep(t));
         self.rows.retain(|t, _| keep(t));
+        self.factors.retain(|t, _| keep(t));
     }
 }
 
@@ -91,7 +106,10 @@ impl<'a> Calibration<'a> {
             return Err(ModelError::Tokenizer(format!("calibration text has {} tokens; at least 16 are needed", tokens.len())));
         }
         let ctx = src.config.max_pos.min(DEFAULT_CTX);
-        let shell = Decoder::load_without_layers(&src.config, &src.weights(&Device::Cpu), ctx, &Device::Cpu)?;
+        let weights = src.weights(&Device::Cpu);
+        let shell = Decoder::load_without_layers(&src.config, &weights, ctx, &Device::Cpu, false)?;
+        // Embedded here and dropped: the shell holds neither embeddings nor head.
+        let embed = weights.linear("model.embed_tokens", src.config.vocab, src.config.hidden)?;
         let mut windows = Vec::new();
         let mut count = 0;
         for chunk in tokens[..total].chunks(WINDOW.min(ctx)) {
@@ -101,7 +119,7 @@ impl<'a> Calibration<'a> {
             }
             input.extend_from_slice(chunk);
             count += input.len();
-            let hidden = shell.embed_rows(&input)?;
+            let hidden = embed.rows(&input, &Device::Cpu)?.unsqueeze(0)?;
             windows.push((input, hidden));
         }
         Ok(Self { src, shell, windows, next_layer: 0, ctx, stats: ActivationStats::default(), tokens: count })
@@ -109,7 +127,7 @@ impl<'a> Calibration<'a> {
 
     /// The statistics `tap` needs, running the layers up to its own first. Taps must be asked
     /// for in layer order: earlier layers' statistics are gone.
-    pub fn stats_for(&mut self, tap: Tap) -> Result<&ActivationStats, ModelError> {
+    pub fn stats_for(&mut self, tap: Tap) -> Result<&mut ActivationStats, ModelError> {
         let cfg = &self.src.config;
         let target = layer_of(tap, cfg.layers);
         assert!(target + 1 >= self.next_layer, "layer {target}'s statistics asked for after layer {}'s", self.next_layer);
@@ -131,7 +149,7 @@ impl<'a> Calibration<'a> {
                 self.stats.observe(Tap::Head, &normed)?;
             }
         }
-        Ok(&self.stats)
+        Ok(&mut self.stats)
     }
 }
 

@@ -199,14 +199,14 @@ pub fn convert(
 
 /// The stored bytes of each part of `choice`, in `parts()` order. With calibration
 /// statistics, int4 uses GPTQ and int8 the activation-weighted search.
-fn encode(choice: &TensorChoice, data: &[f32], calib: Option<(&calibrate::ActivationStats, Tap)>) -> Vec<Vec<u8>> {
+fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate::ActivationStats, Tap)>) -> Vec<Vec<u8>> {
     let shape = &choice.spec.shape;
-    let importance = calib.and_then(|(s, tap)| s.importance(tap));
+    let importance = calib.as_ref().and_then(|(s, tap)| s.importance(*tap));
     let importance = importance.as_deref();
     match choice.storage {
         Storage::Int4 { group } => {
-            let q = match calib.and_then(|(s, tap)| s.hessian(tap)) {
-                Some(h) => int4::quantize_gptq(data, shape[0], shape[1], group, &h),
+            let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
+                Some(f) => int4::quantize_gptq(data, shape[0], shape[1], group, &f),
                 None => int4::quantize(data, shape[0], shape[1], group, importance),
             };
             let (codes, scales, mins) = q.into_parts();

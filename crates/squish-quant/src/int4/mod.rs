@@ -15,7 +15,7 @@ mod kernel;
 mod quant;
 mod reference;
 
-pub use gptq::quantize_gptq;
+pub use gptq::{quantize_gptq, GptqFactor};
 pub use kernel::{matmul, matmul_scalar, matmul_with_panels, Int4Panels};
 #[cfg(test)]
 pub(crate) use kernel::matmul_with;
