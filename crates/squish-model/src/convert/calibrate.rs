@@ -25,19 +25,26 @@ pub struct ActivationStats {
     /// Σ x xᵀ per tap, features x features row-major.
     grams: HashMap<Tap, Vec<f64>>,
     rows: HashMap<Tap, usize>,
-    /// GPTQ's factor per tap, made on first use and shared by the matrices reading that tap.
+    /// GPTQ's factor per tap, made on first use (from the tap's sums, which it consumes) and
+    /// shared by the matrices reading that tap.
     factors: HashMap<Tap, Arc<GptqFactor>>,
+    /// E[x²] per channel of taps whose sums became a factor.
+    diagonals: HashMap<Tap, Vec<f32>>,
 }
 
 impl ActivationStats {
-    /// E[x xᵀ] at `tap` (features x features).
-    pub fn hessian(&self, tap: Tap) -> Option<Vec<f64>> {
+    /// E[x xᵀ] at `tap` (features x features), until its factor is made.
+    #[cfg(test)]
+    fn hessian(&self, tap: Tap) -> Option<Vec<f64>> {
         let n = *self.rows.get(&tap)? as f64;
         Some(self.grams.get(&tap)?.iter().map(|s| s / n).collect())
     }
 
     /// E[x²] per input channel at `tap`, as importance weights.
     pub fn importance(&self, tap: Tap) -> Option<Vec<f32>> {
+        if let Some(d) = self.diagonals.get(&tap) {
+            return Some(d.clone());
+        }
         let gram = self.grams.get(&tap)?;
         let n = *self.rows.get(&tap)? as f64;
         let k = (gram.len() as f64).sqrt() as usize;
@@ -47,9 +54,13 @@ impl ActivationStats {
     /// GPTQ's factor of the Hessian at `tap`.
     pub fn gptq_factor(&mut self, tap: Tap) -> Option<Arc<GptqFactor>> {
         if !self.factors.contains_key(&tap) {
-            let h = self.hessian(tap)?;
-            let k = (h.len() as f64).sqrt() as usize;
-            self.factors.insert(tap, Arc::new(GptqFactor::new(h, k)));
+            // The sums become the mean in place and then the factor: no second k x k copy.
+            let diagonal = self.importance(tap)?;
+            let mut h = self.grams.remove(&tap)?;
+            let n = self.rows[&tap] as f64;
+            h.iter_mut().for_each(|x| *x /= n);
+            self.factors.insert(tap, Arc::new(GptqFactor::new(h, diagonal.len())));
+            self.diagonals.insert(tap, diagonal);
         }
         self.factors.get(&tap).cloned()
     }
@@ -58,6 +69,7 @@ impl ActivationStats {
         self.grams.retain(|t, _| keep(t));
         self.rows.retain(|t, _| keep(t));
         self.factors.retain(|t, _| keep(t));
+        self.diagonals.retain(|t, _| keep(t));
     }
 }
 

@@ -78,8 +78,9 @@ pub fn quantize_gptq(w: &[f32], n: usize, k: usize, g: usize, factor: &GptqFacto
 
 /// The upper U with H⁻¹ = UᵀU, H dampened; k x k row-major, in H's memory. With J the order
 /// reversal, J H J = L Lᵀ gives H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J), and J L⁻¹ J is upper: one
-/// Cholesky and one triangular inverse (about k³/2 flops, rows read contiguously) instead of
-/// inverting H and factoring the inverse.
+/// Cholesky and one triangular inverse (about k³/2 flops, every inner loop a contiguous dot
+/// product, both parallel) instead of inverting H and factoring the inverse. Peak memory:
+/// H's buffer and one more k x k.
 fn inverse_cholesky_upper(mut a: Vec<f64>, k: usize) -> Vec<f64> {
     let mean = (0..k).map(|i| a[i * k + i]).sum::<f64>() / k as f64;
     let damp = DAMP * mean.max(1e-12);
@@ -93,10 +94,12 @@ fn inverse_cholesky_upper(mut a: Vec<f64>, k: usize) -> Vec<f64> {
         *d += damp;
     }
     cholesky_lower_in_place(&mut a, k);
-    invert_lower_in_place(&mut a, k);
-    a.reverse(); // J M J, upper; clear what is below the diagonal
+    let mt = inverse_lower_transposed(&a, k);
+    // U[i][j] = M[k-1-i][k-1-j] = Mᵀ[k-1-j][k-1-i], written over L.
     for i in 0..k {
-        a[i * k..i * k + i].iter_mut().for_each(|x| *x = 0.0);
+        for j in 0..k {
+            a[i * k + j] = if j < i { 0.0 } else { mt[(k - 1 - j) * k + (k - 1 - i)] };
+        }
     }
     a
 }
@@ -117,28 +120,19 @@ fn cholesky_lower_in_place(a: &mut [f64], k: usize) {
     }
 }
 
-/// Overwrites a lower-triangular L (the lower triangle of `l`) with L⁻¹, row by row: row i of
-/// M = L⁻¹ needs only L's row i and M's rows above it (M[i] = (e_i - Σ_j<i L[i][j] M[j]) /
-/// L[i][i]), each term an axpy over a contiguous row.
-fn invert_lower_in_place(l: &mut [f64], k: usize) {
-    let mut row = vec![0f64; k];
-    for i in 0..k {
-        row[..=i].iter_mut().for_each(|r| *r = 0.0);
-        row[i] = 1.0;
-        let (done, rest) = l.split_at_mut(i * k);
-        for j in 0..i {
-            let lij = rest[j];
-            if lij != 0.0 {
-                for (r, &mj) in row[..=j].iter_mut().zip(&done[j * k..j * k + j + 1]) {
-                    *r -= lij * mj;
-                }
-            }
+/// (L⁻¹)ᵀ for the lower-triangular L in `l`'s lower triangle: column c of M = L⁻¹ is a
+/// forward substitution (M[i][c] = (δ_ic - Σ_c≤j<i L[i][j] M[j][c]) / L[i][i]) that reads L
+/// by rows; columns run in parallel and each is stored as a row of the result.
+fn inverse_lower_transposed(l: &[f64], k: usize) -> Vec<f64> {
+    let mut mt = vec![0f64; k * k];
+    mt.par_chunks_mut(k).enumerate().for_each(|(c, col)| {
+        for i in c..k {
+            let row = &l[i * k..i * k + i];
+            let dot: f64 = row[c..].iter().zip(&col[c..i]).map(|(x, y)| x * y).sum();
+            col[i] = (if i == c { 1.0 } else { 0.0 } - dot) / l[i * k + i];
         }
-        let d = rest[i];
-        for (out, r) in rest[..=i].iter_mut().zip(&row[..=i]) {
-            *out = r / d;
-        }
-    }
+    });
+    mt
 }
 
 #[cfg(test)]
