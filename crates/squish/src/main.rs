@@ -17,7 +17,7 @@ mod setup;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "squish", version, about = "Compress LLMs to INT4/INT8 and run them: chat, HTTP serving, perplexity, speed (CPU today)", long_about = None)]
+#[command(name = "squish", version, about = "Pull LLMs from the Hugging Face Hub, compress them to INT4/INT8 and run them: chat, HTTP serving, perplexity, speed (CPU today)", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
