@@ -7,8 +7,9 @@ parts of huggingface.co that a downloader relies on:
 
 * GET /api/models/ORG/NAME[/revision/REV]: repo info with commit `sha`,
   `gated` and `siblings` (size, blobId, and `lfs` {sha256,size} for LFS files).
-* GET/HEAD /ORG/NAME/resolve/REV/PATH: regular files are served directly with
-  ETag = git blob sha1 and X-Repo-Commit; LFS files (*.safetensors, *.gguf,
+* GET/HEAD /ORG/NAME/resolve/REV/PATH: regular files answer 307 with a relative
+  Location, /api/resolve-cache/models/ORG/NAME/COMMIT/PATH, which serves them with
+  ETag = git blob sha1 and X-Repo-Commit (as the Hub does today); LFS files (*.safetensors, *.gguf,
   *.bin, *.pt) answer 302 to an absolute CDN URL with X-Linked-Etag (sha256)
   and X-Linked-Size, as the Hub does.
 * GET/HEAD /cdn/SHA256: the "CDN", no auth, with Range support (206/416).
@@ -29,7 +30,7 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
@@ -124,6 +125,16 @@ class Handler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/")
         if parts[0] == "cdn" and len(parts) == 2:
             return self.serve_cdn(parts[1], head)
+        if parts[:3] == ["api", "resolve-cache", "models"] and len(parts) >= 7:
+            repo_id = unquote(parts[3]) + "/" + unquote(parts[4])
+            repo = self.find_repo(repo_id, head)
+            if repo and self.check_gate(repo_id, head) and self.check_rev(repo, unquote(parts[5]), head):
+                f = repo.files.get(unquote("/".join(parts[6:])))
+                if f is None:
+                    return self.error(404, "EntryNotFound", "Entry not found", head)
+                common = [("X-Repo-Commit", repo.commit), ("ETag", '"%s"' % f["git_sha1"])]
+                self.serve_content(f, common, head, cdn=False)
+            return
         if parts[0] == "api" and len(parts) >= 4 and parts[1] == "models":
             repo_id, rest = unquote(parts[2]) + "/" + unquote(parts[3]), parts[4:]
             if rest and not (len(rest) == 2 and rest[0] == "revision"):
@@ -177,7 +188,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(302, b"", common + [
                 ("Location", loc), ("X-Linked-Etag", '"%s"' % f["sha256"]),
                 ("X-Linked-Size", str(f["size"]))], head)
-        self.serve_content(f, common, head, cdn=False)
+        # Small files: a relative redirect within the Hub (the token must follow it).
+        loc = "/api/resolve-cache/models/%s/%s/%s" % (repo.id, repo.commit, quote(path))
+        self.reply(307, b"", common + [("Location", loc)], head)
 
     def serve_cdn(self, sha, head):
         f = self.server.by_sha256.get(sha)

@@ -15,11 +15,10 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub struct Hub {
     endpoint: String,
     token: Option<String>,
-    /// Follows no redirects: the resolve route's answer carries headers the CDN's does not,
-    /// and the token must not travel to another host.
-    direct: ureq::Agent,
-    /// Follows redirects (CDNs may redirect again), never sending the token.
-    cdn: ureq::Agent,
+    /// Follows no redirects by itself: [`Hub::get`] follows them, sending the token only to
+    /// the Hub's own origin (LFS files redirect to a CDN with a signed URL; small files and
+    /// renamed repos redirect within the Hub).
+    agent: ureq::Agent,
 }
 
 #[derive(Debug, Clone)]
@@ -57,16 +56,14 @@ impl Hub {
     }
 
     pub fn new(endpoint: &str, token: Option<String>) -> Self {
-        let agent = |redirects| {
-            ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(15))
-                .timeout_read(Duration::from_secs(60))
-                .redirects(redirects)
-                .user_agent(concat!("squish/", env!("CARGO_PKG_VERSION")))
-                .try_proxy_from_env(true)
-                .build()
-        };
-        Self { endpoint: endpoint.trim_end_matches('/').to_string(), token, direct: agent(0), cdn: agent(5) }
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(15))
+            .timeout_read(Duration::from_secs(60))
+            .redirects(0)
+            .user_agent(concat!("squish/", env!("CARGO_PKG_VERSION")))
+            .try_proxy_from_env(true)
+            .build();
+        Self { endpoint: endpoint.trim_end_matches('/').to_string(), token, agent }
     }
 
     pub fn endpoint(&self) -> &str {
@@ -76,7 +73,7 @@ impl Hub {
     /// The repo's files at `revision` (a branch, tag or commit), with sizes and hashes.
     pub fn info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
         let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.endpoint, encode(revision));
-        let response = self.call(self.direct.get(&url), &url, repo, None)?;
+        let (response, _) = self.get(&url, None, repo, None)?;
         let raw: RawInfo = serde_json::from_reader(response.into_reader())
             .map_err(|e| HubError::Invalid(format!("{url}: not the Hub's model info ({e})")))?;
         let files = raw
@@ -106,20 +103,7 @@ impl Hub {
         }
         let url = format!("{}/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.name));
         let range = (have > 0).then(|| format!("bytes={have}-"));
-        let with_range = |r: ureq::Request| match &range {
-            Some(range) => r.set("Range", range),
-            None => r,
-        };
-        let mut response = self.call(with_range(self.direct.get(&url)), &url, repo, Some(&file.name))?;
-        let mut from = url.clone();
-        if (300..400).contains(&response.status()) {
-            let location = response.header("location").ok_or_else(|| HubError::Invalid(format!("{url}: redirect without a Location")))?;
-            from = join_url(&url, location);
-            // A relative redirect stays on the Hub (and may need the token); an absolute one
-            // goes to a CDN with a signed URL.
-            let request = if location.starts_with('/') { self.authorized(self.direct.get(&from)) } else { self.cdn.get(&from) };
-            response = self.call(with_range(request), &from, repo, Some(&file.name))?;
-        }
+        let (response, from) = self.get(&url, range.as_deref(), repo, Some(&file.name))?;
         let resumed = response.status() == 206 && content_range_start(&response) == Some(have);
         let mut out = std::fs::OpenOptions::new()
             .create(true)
@@ -154,16 +138,32 @@ impl Hub {
         }
     }
 
-    fn authorized(&self, request: ureq::Request) -> ureq::Request {
-        match &self.token {
-            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
-            None => request,
+    /// GETs `url`, following up to ten redirects; returns the final answer and its URL.
+    fn get(&self, url: &str, range: Option<&str>, repo: &str, file: Option<&str>) -> Result<(ureq::Response, String)> {
+        let mut url = url.to_string();
+        for _ in 0..10 {
+            let mut request = self.agent.get(&url);
+            if let Some(range) = range {
+                request = request.set("Range", range);
+            }
+            let response = self.call(request, &url, repo, file)?;
+            if !(300..400).contains(&response.status()) {
+                return Ok((response, url));
+            }
+            let location = response.header("location").ok_or_else(|| HubError::Invalid(format!("{url}: redirect without a Location")))?;
+            url = join_url(&url, location);
         }
+        Err(HubError::Invalid(format!("{url}: more than ten redirects")))
     }
 
-    /// Sends a request to the Hub with the token, mapping failures to what they mean.
+    /// Sends a request, with the token when it goes to the Hub's own origin, mapping failures
+    /// to what they mean.
     fn call(&self, request: ureq::Request, url: &str, repo: &str, file: Option<&str>) -> Result<ureq::Response> {
-        let request = if url.starts_with(&self.endpoint) { self.authorized(request) } else { request };
+        let own_origin = url.starts_with(&format!("{}/", self.endpoint));
+        let request = match (&self.token, own_origin) {
+            (Some(token), true) => request.set("Authorization", &format!("Bearer {token}")),
+            _ => request,
+        };
         match request.call() {
             Ok(response) => Ok(response),
             Err(ureq::Error::Status(status, response)) => Err(self.status_error(status, response, url, repo, file)),
