@@ -10,15 +10,6 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-/// Besides the weights, the files a model needs (those present are taken).
-const SIDE_FILES: [&str; 6] = [
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-];
 const INDEX: &str = "model.safetensors.index.json";
 
 pub struct FetchRequest<'a> {
@@ -26,6 +17,9 @@ pub struct FetchRequest<'a> {
     pub revision: &'a str,
     /// One file to convert instead of the safetensors weights (a GGUF in a GGUF repo).
     pub file: Option<&'a str>,
+    /// Besides the weights, the files the model needs (those the repo has are fetched): what
+    /// the converter reads.
+    pub side_files: &'a [&'a str],
     pub offline: bool,
     /// Attempts after a network failure within this run, each resuming where the last stopped.
     pub retries: usize,
@@ -65,7 +59,7 @@ pub fn fetch(hub: &Hub, cache: &HfCache, req: &FetchRequest, on: &mut dyn FnMut(
             snapshot.join(name)
         }
         None => {
-            chosen.extend(SIDE_FILES.iter().filter_map(|n| find(n)));
+            chosen.extend(req.side_files.iter().filter_map(|n| find(n)));
             if find("config.json").is_none() {
                 return Err(no_weights(req.repo, &info.files, "has no config.json"));
             }

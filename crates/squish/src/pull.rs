@@ -113,6 +113,7 @@ pub fn pull(opts: &PullOptions, on: &mut dyn FnMut(PullEvent)) -> Result<Pulled>
         repo: &r.repo,
         revision: &opts.revision,
         file: opts.file.as_deref(),
+        side_files: &convert::SIDE_FILES,
         offline: opts.offline,
         retries: opts.retries,
     };

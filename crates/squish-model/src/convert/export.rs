@@ -8,7 +8,9 @@ use crate::{ModelError, Source};
 use serde_json::{json, Value};
 use std::path::Path;
 
-const COPIED: [&str; 6] = [
+/// A Hugging Face directory's files besides the weights that a conversion keeps (and so the
+/// files `squish pull` fetches).
+pub const SIDE_FILES: [&str; 6] = [
     "config.json",
     "generation_config.json",
     "tokenizer.json",
@@ -23,7 +25,7 @@ pub fn write_side_files(src: &Source, out: &Path) -> Result<(), ModelError> {
         std::fs::write(&p, text).map_err(|e| squish_format::FormatError::io(&p, e).into())
     };
     if let Some(dir) = src.files.hf_dir() {
-        for name in COPIED {
+        for name in SIDE_FILES {
             if let Some(text) = dir.read_optional(name)? {
                 write(name, text)?;
             }

@@ -8,6 +8,7 @@ mod calibrate;
 mod export;
 mod plan;
 
+pub use export::SIDE_FILES;
 pub use plan::{choose, Scheme, Storage, TensorChoice};
 
 use crate::{tensor_plan, ModelError, Source, Tap};
