@@ -1,7 +1,7 @@
 //! `squish bench`: load time, prefill and decode speed, peak memory; llama-bench-style table.
 //! With `--server URL` it hands over to `bench_server`, which measures running servers instead.
 
-use crate::{default_model, setup};
+use crate::{model_arg, setup};
 use anyhow::Result;
 use clap::Args;
 use squish_engine::bench_run;
@@ -56,7 +56,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return crate::bench_server::run(&args.serving, args.json);
     }
     let (device, threads) = setup::device(&args.device, args.threads)?;
-    let path = default_model::resolve(args.model.clone())?;
+    let path = model_arg::resolve(args.model.clone())?;
     let ctx = Some(args.p.max(args.n + 1).max(8));
     let evicted = evict_from_page_cache(&path);
     let t0 = Instant::now();

@@ -1,6 +1,6 @@
 //! `squish eval`: perplexity over a text file, comparable with llama.cpp's llama-perplexity.
 
-use crate::{default_model, setup};
+use crate::{model_arg, setup};
 use anyhow::{Context, Result};
 use clap::Args;
 use squish_engine::perplexity;
@@ -47,11 +47,11 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let (device, _) = setup::device(&args.device, args.threads)?;
-    let path = default_model::resolve(args.model.clone())?;
+    let path = model_arg::resolve(args.model.clone())?;
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}", args.text.display()))?;
     let model = Model::load(&path, &device, Some(args.ctx.max(8)))?;
     let base = match &args.base {
-        Some(b) => Some(Model::load(&default_model::resolve(Some(b.clone()))?, &device, Some(args.ctx.max(8)))?),
+        Some(b) => Some(Model::load(&model_arg::resolve(Some(b.clone()))?, &device, Some(args.ctx.max(8)))?),
         None => None,
     };
     let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} windows {elapsed}<{eta}");

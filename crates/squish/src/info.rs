@@ -20,7 +20,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(mut args: InfoArgs) -> Result<()> {
-    let arg = crate::default_model::resolve_arg(Some(args.model.clone()))?;
+    let arg = crate::model_arg::resolve_arg(Some(args.model.clone()))?;
     args.model = arg.path;
     let manifest = read_manifest(&args.model)?;
     let verified = if args.verify { Some(SquishDir::open(&args.model)?.verify()?) } else { None };
@@ -33,8 +33,8 @@ pub fn run(mut args: InfoArgs) -> Result<()> {
     }
     let m = &manifest;
     println!("{}", args.model.display());
-    if let Some(name) = &arg.store_name {
-        print_pull_record(name)?;
+    if let Some((_, stored)) = &arg.stored {
+        print_pull_record(stored);
     }
     println!("  format           squish v{} ({})", m.version, m.created_by);
     println!("  source           {} ({}, sha256 {})", m.source.path, m.source.kind, &m.source.sha256[..16.min(m.source.sha256.len())]);
@@ -77,14 +77,11 @@ pub fn run(mut args: InfoArgs) -> Result<()> {
 }
 
 /// Where a pulled model came from, as `squish pull` recorded it.
-fn print_pull_record(name: &str) -> Result<()> {
-    let store = squish_hub::Store::from_env();
-    let Some(found) = store.find(&squish_hub::catalog::parse(name)?)? else { return Ok(()) };
-    println!("  name             {}", found.reference());
-    if let Some(r) = &found.record {
+fn print_pull_record(stored: &squish_hub::StoredModel) {
+    println!("  name             {}", stored.reference());
+    if let Some(r) = &stored.record {
         let file = r.file.as_ref().map(|f| format!(", file {f}")).unwrap_or_default();
         println!("  pulled from      {} at {} (commit {}{file})", r.repo, r.revision, r.commit);
         println!("  license          {}", r.license.as_deref().unwrap_or("not stated"));
     }
-    Ok(())
 }

@@ -4,7 +4,7 @@
 mod bench;
 mod bench_server;
 mod convert;
-mod default_model;
+mod model_arg;
 mod eval;
 mod info;
 mod models;

@@ -228,7 +228,7 @@ pub fn server_puller() -> squish_server::Puller {
                 let total = sizes.get(file).copied().unwrap_or(done);
                 // About a hundred lines per file, not one per megabyte.
                 let last = last_sent.entry(file.to_string()).or_insert(None);
-                if last.is_none_or(|l: u64| done == total || done - l >= total / 100) {
+                if last.is_none_or(|l: u64| done == total || done.abs_diff(l) >= total / 100) {
                     *last = Some(done);
                     report(PullStatus { total: Some(total), completed: Some(done), ..PullStatus::new(format!("pulling {file}")) });
                 }

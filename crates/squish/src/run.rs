@@ -1,7 +1,7 @@
 //! `squish run`: one streamed completion (`--prompt`), or an interactive terminal chat that
 //! keeps its history (and its KV cache) between turns.
 
-use crate::default_model;
+use crate::model_arg;
 use anyhow::{Context, Result};
 use clap::Args;
 use squish_engine::{FinishReason, Generation, Session};
@@ -69,7 +69,7 @@ static GENERATING: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: RunArgs) -> Result<()> {
     let (device, threads) = crate::setup::device(&args.device, args.threads)?;
-    let path = default_model::resolve(args.model.clone())?;
+    let path = model_arg::resolve(args.model.clone())?;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();

@@ -1,7 +1,7 @@
 //! `squish serve`: load one model, start the batching engine, and serve the OpenAI- and
 //! Ollama-compatible HTTP APIs until Ctrl-C or SIGTERM.
 
-use crate::default_model;
+use crate::model_arg;
 use anyhow::{Context, Result};
 use clap::Args;
 use squish_engine::{Engine, EngineConfig, Model};
@@ -66,12 +66,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let (device, threads) = crate::setup::device(&args.device, args.threads)?;
-    let arg = default_model::resolve_arg(args.model.clone())?;
+    let arg = model_arg::resolve_arg(args.model.clone())?;
     let path = arg.path;
     let t0 = Instant::now();
     let model = Model::load(&path, &device, args.ctx)?;
     let details = details(&path, &model);
-    let model_id = args.name.clone().or(arg.store_name).unwrap_or_else(|| default_name(&path));
+    let model_id = args.name.clone().or(arg.stored.map(|(name, _)| name)).unwrap_or_else(|| default_name(&path));
     tracing::info!(
         "loaded {} ({}, ctx {}) on {device:?} with {threads} threads in {:.2} s",
         path.display(),

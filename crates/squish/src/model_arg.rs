@@ -3,7 +3,7 @@
 //! default SmolLM2-135M-Instruct that `scripts/fetch-models.sh` fetches into the cache dir.
 
 use anyhow::bail;
-use squish_hub::{catalog, Store};
+use squish_hub::{catalog, Store, StoredModel};
 use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -20,10 +20,10 @@ pub fn models_dir() -> PathBuf {
     cache.join("models")
 }
 
-/// A model to load, and the name it goes by when it came from the store.
+/// A model to load, and for a store model the name it was given by and its entry.
 pub struct ModelArg {
     pub path: PathBuf,
-    pub store_name: Option<String>,
+    pub stored: Option<(String, StoredModel)>,
 }
 
 /// The model to use: the path given, else the store model it names, else the default if it
@@ -36,7 +36,7 @@ pub fn resolve_arg(given: Option<PathBuf>) -> anyhow::Result<ModelArg> {
     let Some(given) = given else {
         let default = models_dir().join(FILE_NAME);
         if default.is_file() {
-            return Ok(ModelArg { path: default, store_name: None });
+            return Ok(ModelArg { path: default, stored: None });
         }
         bail!(
             "no model given and the default model is not downloaded: run scripts/fetch-models.sh (expected {})",
@@ -44,7 +44,7 @@ pub fn resolve_arg(given: Option<PathBuf>) -> anyhow::Result<ModelArg> {
         )
     };
     if given.exists() {
-        return Ok(ModelArg { path: given, store_name: None });
+        return Ok(ModelArg { path: given, stored: None });
     }
     let text = given.to_string_lossy();
     let looks_like_path = text.starts_with(['.', '/', '~']) || Path::new(&*text).extension().is_some_and(|e| e == "gguf");
@@ -57,7 +57,7 @@ pub fn resolve_arg(given: Option<PathBuf>) -> anyhow::Result<ModelArg> {
     };
     let store = Store::from_env();
     if let Some(found) = store.find(&reference)? {
-        return Ok(ModelArg { path: found.dir, store_name: Some(text.into_owned()) });
+        return Ok(ModelArg { path: found.dir.clone(), stored: Some((text.into_owned(), found)) });
     }
     let other: Vec<String> = store.matching(&catalog::ModelRef { scheme: None, ..reference.clone() })?.iter().map(|m| m.scheme.clone()).collect();
     let pull = format!("squish pull {}", reference.display_name());
