@@ -73,7 +73,7 @@ impl Hub {
     /// The repo's files at `revision` (a branch, tag or commit), with sizes and hashes.
     pub fn info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
         let url = format!("{}/api/models/{repo}/revision/{}?blobs=true", self.endpoint, encode(revision));
-        let (response, _) = self.get(&url, None, repo, None)?;
+        let (response, _) = self.get(&url, None, &Target { repo, revision, file: None })?;
         let raw: RawInfo = serde_json::from_reader(response.into_reader())
             .map_err(|e| HubError::Invalid(format!("{url}: not the Hub's model info ({e})")))?;
         let files = raw
@@ -103,7 +103,8 @@ impl Hub {
         }
         let url = format!("{}/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.name));
         let range = (have > 0).then(|| format!("bytes={have}-"));
-        let (response, from) = self.get(&url, range.as_deref(), repo, Some(&file.name))?;
+        let target = Target { repo, revision: commit, file: Some(&file.name) };
+        let (response, from) = self.get(&url, range.as_deref(), &target)?;
         let resumed = response.status() == 206 && content_range_start(&response) == Some(have);
         let mut out = std::fs::OpenOptions::new()
             .create(true)
@@ -139,14 +140,14 @@ impl Hub {
     }
 
     /// GETs `url`, following up to ten redirects; returns the final answer and its URL.
-    fn get(&self, url: &str, range: Option<&str>, repo: &str, file: Option<&str>) -> Result<(ureq::Response, String)> {
+    fn get(&self, url: &str, range: Option<&str>, target: &Target) -> Result<(ureq::Response, String)> {
         let mut url = url.to_string();
         for _ in 0..10 {
             let mut request = self.agent.get(&url);
             if let Some(range) = range {
                 request = request.set("Range", range);
             }
-            let response = self.call(request, &url, repo, file)?;
+            let response = self.call(request, &url, target)?;
             if !(300..400).contains(&response.status()) {
                 return Ok((response, url));
             }
@@ -158,7 +159,7 @@ impl Hub {
 
     /// Sends a request, with the token when it goes to the Hub's own origin, mapping failures
     /// to what they mean.
-    fn call(&self, request: ureq::Request, url: &str, repo: &str, file: Option<&str>) -> Result<ureq::Response> {
+    fn call(&self, request: ureq::Request, url: &str, target: &Target) -> Result<ureq::Response> {
         let own_origin = url.starts_with(&format!("{}/", self.endpoint));
         let request = match (&self.token, own_origin) {
             (Some(token), true) => request.set("Authorization", &format!("Bearer {token}")),
@@ -166,19 +167,19 @@ impl Hub {
         };
         match request.call() {
             Ok(response) => Ok(response),
-            Err(ureq::Error::Status(status, response)) => Err(self.status_error(status, response, url, repo, file)),
+            Err(ureq::Error::Status(status, response)) => Err(self.status_error(status, response, url, target)),
             Err(ureq::Error::Transport(t)) => Err(HubError::Network { url: url.to_string(), msg: t.to_string() }),
         }
     }
 
-    fn status_error(&self, status: u16, response: ureq::Response, url: &str, repo: &str, file: Option<&str>) -> HubError {
-        let (repo, endpoint) = (repo.to_string(), self.endpoint.clone());
+    fn status_error(&self, status: u16, response: ureq::Response, url: &str, target: &Target) -> HubError {
+        let (repo, endpoint, file) = (target.repo.to_string(), self.endpoint.clone(), target.file);
         let code = response.header("x-error-code").unwrap_or_default().to_string();
         match (code.as_str(), status) {
             ("GatedRepo", 403) | ("", 403) => HubError::Forbidden { repo, endpoint },
             ("GatedRepo", _) => HubError::Gated { repo, endpoint },
             ("RepoNotFound", _) | ("", 401) => HubError::RepoNotFound { repo, endpoint, authenticated: self.token.is_some() },
-            ("RevisionNotFound", _) => HubError::RevisionNotFound { repo, revision: revision_in(url) },
+            ("RevisionNotFound", _) => HubError::RevisionNotFound { repo, revision: target.revision.to_string() },
             ("EntryNotFound", _) => HubError::EntryNotFound { repo, file: file.unwrap_or_default().to_string() },
             ("", 404) if file.is_none() => HubError::RepoNotFound { repo, endpoint, authenticated: self.token.is_some() },
             ("", 404) => HubError::EntryNotFound { repo, file: file.unwrap_or_default().to_string() },
@@ -189,6 +190,13 @@ impl Hub {
             }
         }
     }
+}
+
+/// What a request is for, to name in its errors.
+struct Target<'a> {
+    repo: &'a str,
+    revision: &'a str,
+    file: Option<&'a str>,
 }
 
 fn token_from_env() -> Option<String> {
@@ -230,11 +238,6 @@ fn content_range_start(response: &ureq::Response) -> Option<u64> {
     value.strip_prefix("bytes ")?.split('-').next()?.parse().ok()
 }
 
-fn revision_in(url: &str) -> String {
-    let tail = url.split("/revision/").nth(1).or_else(|| url.split("/resolve/").nth(1)).unwrap_or_default();
-    decode(tail.split(['/', '?']).next().unwrap_or_default())
-}
-
 /// An absolute URL for a redirect's Location, which may be relative to the request.
 fn join_url(base: &str, location: &str) -> String {
     if location.contains("://") {
@@ -261,26 +264,6 @@ fn encode_path(path: &str) -> String {
     path.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%').then(|| s.get(i + 1..i + 3)).flatten();
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,9 +272,7 @@ mod tests {
     fn urls_are_encoded_and_joined() {
         assert_eq!(encode("refs/pr/1"), "refs%2Fpr%2F1");
         assert_eq!(encode_path("onnx/model q.onnx"), "onnx/model%20q.onnx");
-        assert_eq!(decode("refs%2Fpr%2F1"), "refs/pr/1");
         assert_eq!(join_url("http://h:1/a/b?c", "/x/y"), "http://h:1/x/y");
         assert_eq!(join_url("http://h:1/a", "https://cdn/z"), "https://cdn/z");
-        assert_eq!(revision_in("http://h/api/models/a/b/revision/v%201?blobs=true"), "v 1");
     }
 }

@@ -213,15 +213,14 @@ fn fetch_offline(cache: &HfCache, req: &FetchRequest) -> Result<Snapshot> {
     let model_path = match req.file {
         Some(name) => dir.join(name),
         None => {
-            let shards = match dir.join(INDEX).is_file() {
-                true => index_shards(&dir.join(INDEX))?,
-                false => vec!["model.safetensors".to_string()],
+            // The shards the index names, or (unsharded) any safetensors file.
+            let weights_present = match dir.join(INDEX).is_file() {
+                true => index_shards(&dir.join(INDEX))?.iter().all(|s| dir.join(s).is_file()),
+                false => std::fs::read_dir(&dir)
+                    .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors")))
+                    .unwrap_or(false),
             };
-            let any_weights = std::fs::read_dir(&dir)
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors")))
-                .unwrap_or(false);
-            let complete = dir.join("config.json").is_file() && (shards.iter().all(|s| dir.join(s).is_file()) || any_weights && !dir.join(INDEX).is_file());
-            if !complete {
+            if !(dir.join("config.json").is_file() && weights_present) {
                 return Err(missing());
             }
             dir.clone()

@@ -73,17 +73,17 @@ impl HfCache {
 
 /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
 pub fn hf_home() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache"));
-    cache.join("huggingface")
+    user_dir("HF_HOME", "XDG_CACHE_HOME", ".cache", "huggingface")
 }
 
-pub(crate) fn home() -> PathBuf {
+/// `$var`, else `$xdg_var/name`, else `~/under_home/name` (unset and empty alike), the XDG
+/// convention every directory squish uses follows.
+pub fn user_dir(var: &str, xdg_var: &str, under_home: &str, name: &str) -> PathBuf {
+    let set = |v: &str| std::env::var_os(v).filter(|x| !x.is_empty()).map(PathBuf::from);
+    set(var).unwrap_or_else(|| set(xdg_var).unwrap_or_else(|| home().join(under_home)).join(name))
+}
+
+fn home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).unwrap_or_default())
 }
 

@@ -13,5 +13,5 @@ pub use catalog::{CatalogEntry, ModelRef, CATALOG};
 pub use client::{Hub, RepoFile, RepoInfo, DEFAULT_ENDPOINT};
 pub use error::{HubError, Result};
 pub use fetch::{fetch, FetchEvent, FetchRequest, Snapshot};
-pub use hf_cache::{hf_home, HfCache};
+pub use hf_cache::{hf_home, user_dir, HfCache};
 pub use store::{PullRecord, Store, StoredModel, SCHEMES};

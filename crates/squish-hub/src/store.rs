@@ -5,7 +5,7 @@
 
 use crate::catalog::{self, ModelRef};
 use crate::error::{HubError, Result};
-use crate::hf_cache::{home, write_atomically};
+use crate::hf_cache::{user_dir, write_atomically};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -55,14 +55,7 @@ impl Store {
 
     /// `SQUISH_HOME`, else `$XDG_DATA_HOME/squish`, else `~/.local/share/squish`.
     pub fn from_env() -> Self {
-        if let Some(dir) = std::env::var_os("SQUISH_HOME").filter(|v| !v.is_empty()) {
-            return Self::new(PathBuf::from(dir));
-        }
-        let data = std::env::var_os("XDG_DATA_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home().join(".local/share"));
-        Self::new(data.join("squish"))
+        Self::new(user_dir("SQUISH_HOME", "XDG_DATA_HOME", ".local/share", "squish"))
     }
 
     pub fn root(&self) -> &Path {

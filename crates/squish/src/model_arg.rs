@@ -11,13 +11,7 @@ pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Where `scripts/fetch-models.sh` puts models: `$SQUISH_CACHE/models`, else
 /// `$XDG_CACHE_HOME/squish/models`, else `~/.cache/squish/models`.
 pub fn models_dir() -> PathBuf {
-    let cache = std::env::var_os("SQUISH_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))
-            .join("squish")
-    });
-    cache.join("models")
+    squish_hub::user_dir("SQUISH_CACHE", "XDG_CACHE_HOME", ".cache", "squish").join("models")
 }
 
 /// A model to load, and for a store model the name it was given by and its entry.
