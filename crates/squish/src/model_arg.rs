@@ -33,7 +33,7 @@ pub fn resolve_arg(given: Option<PathBuf>) -> anyhow::Result<ModelArg> {
             return Ok(ModelArg { path: default, stored: None });
         }
         bail!(
-            "no model given and the default model is not downloaded: run scripts/fetch-models.sh (expected {})",
+            "no model given (a path or a pulled name, as an argument, --model or SQUISH_MODEL) and the default model is not downloaded: run scripts/fetch-models.sh (expected {})",
             default.display()
         )
     };

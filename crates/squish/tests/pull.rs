@@ -8,48 +8,7 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-/// A running fake Hub; killed when dropped.
-struct FakeHub {
-    child: Child,
-    url: String,
-}
-
-impl FakeHub {
-    fn start(args: &[&str]) -> Self {
-        let script = Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/hub/fake_hub.py");
-        let mut child = Command::new("python3").arg(script).args(args).stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("fake hub said: {line:?}")).to_string();
-        Self { child, url }
-    }
-
-    /// Every request the hub has seen: (path, Range header).
-    fn log(&self) -> Vec<(String, Option<String>)> {
-        let addr = self.url.trim_start_matches("http://");
-        let body = http_get(addr, "/_log");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v.as_array().unwrap().iter().map(|r| (r["path"].as_str().unwrap().to_string(), r["range"].as_str().map(String::from))).collect()
-    }
-}
-
-impl Drop for FakeHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
-}
+use std::process::{Command, Output, Stdio};
 
 /// A store and a Hugging Face cache of the test's own, and the hub as endpoint.
 struct Env {
@@ -80,25 +39,6 @@ impl Env {
         assert!(o.status.success(), "squish {args:?}: {}", stderr(&o));
         stdout(&o)
     }
-}
-
-/// SmolLM2 as a Hugging Face repo would hold it: bf16 safetensors, config and tokenizer (made
-/// from the shared bf16 conversion, its manifest left out).
-fn smollm2_repo() -> PathBuf {
-    let bf16 = smollm2_converted("bf16");
-    let repo = bf16.with_file_name(format!("{}-hub-repo", bf16.file_name().unwrap().to_string_lossy()));
-    if !repo.join("model.safetensors").exists() {
-        std::fs::create_dir_all(&repo).unwrap();
-        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
-            let _ = std::fs::remove_file(repo.join(f));
-            std::os::unix::fs::symlink(bf16.join(f), repo.join(f)).unwrap();
-        }
-    }
-    repo
-}
-
-fn repo_arg(id: &str, dir: &Path) -> String {
-    format!("{id}={}", dir.display())
 }
 
 #[test]
