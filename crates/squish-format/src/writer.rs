@@ -84,9 +84,14 @@ pub struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(path: &Path, plan: Vec<PlannedTensor>) -> Result<Self> {
+        Self::with_format(path, plan, "squish")
+    }
+
+    /// A shard whose metadata says `format` ("pt" for files transformers must accept as its own).
+    pub fn with_format(path: &Path, plan: Vec<PlannedTensor>, format: &str) -> Result<Self> {
         let mut header = serde_json::Map::new();
         let mut meta = serde_json::Map::new();
-        meta.insert("format".into(), "squish".into());
+        meta.insert("format".into(), format.into());
         header.insert("__metadata__".into(), meta.into());
         let mut offset = 0usize;
         for t in &plan {

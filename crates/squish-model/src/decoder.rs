@@ -5,6 +5,7 @@
 use crate::config::{ModelConfig, RopeScaling};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
+use crate::lora::{add_deltas, Adapter, Deltas, Target};
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
@@ -155,6 +156,10 @@ pub struct Decoder {
     lm_head: Option<Linear>,
     rope: Rope,
     device: Device,
+    /// LoRA adapters by name; a step picks one (or none) by index.
+    adapters: Vec<(String, Deltas)>,
+    /// The adapter `forward` uses (`squish run --lora`).
+    default_adapter: Option<usize>,
 }
 
 impl Decoder {
@@ -192,11 +197,34 @@ impl Decoder {
         }
         let rope = Rope::new(&cfg.rope_inv_freq(), max_pos, device)?;
         let norm = w.get("model.norm.weight", &[h])?;
-        Ok(Self { cfg, embed, layers: Vec::new(), norm, lm_head, rope, device: device.clone() })
+        Ok(Self { cfg, embed, layers: Vec::new(), norm, lm_head, rope, device: device.clone(), adapters: Vec::new(), default_adapter: None })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Adds a LoRA adapter (already checked against this model's config) under `name`;
+    /// returns the index steps select it by.
+    pub fn add_adapter(&mut self, name: &str, adapter: &Adapter) -> Result<usize, ModelError> {
+        if self.adapter_index(name).is_some() {
+            return Err(ModelError::Tokenizer(format!("two adapters named `{name}`")));
+        }
+        self.adapters.push((name.to_string(), Deltas::new(adapter, &self.device)?));
+        Ok(self.adapters.len() - 1)
+    }
+
+    pub fn adapter_index(&self, name: &str) -> Option<usize> {
+        self.adapters.iter().position(|(n, _)| n == name)
+    }
+
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// The adapter `forward` and `forward_observed` apply.
+    pub fn set_default_adapter(&mut self, index: Option<usize>) {
+        self.default_adapter = index;
     }
 
     pub fn device(&self) -> &Device {
@@ -211,7 +239,7 @@ impl Decoder {
     /// Runs `tokens` after the ones already in `cache` and returns the final hidden states.
     /// -> (1, tokens.len(), hidden)
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        self.forward_batch(&mut [Step { tokens, cache }])
+        self.forward_batch(&mut [Step { tokens, cache, adapter: self.default_adapter }])
     }
 
     /// `forward`, showing the inputs of every linear layer to `obs`.
@@ -221,7 +249,7 @@ impl Decoder {
         cache: &mut KvCache,
         obs: &mut dyn Observer,
     ) -> Result<Tensor, ModelError> {
-        self.run(&mut [Step { tokens, cache }], obs)
+        self.run(&mut [Step { tokens, cache, adapter: self.default_adapter }], obs)
     }
 
     /// Runs several sequences' new tokens as one forward: the linear layers see every row at
@@ -271,16 +299,20 @@ impl Decoder {
         steps: &mut [Step<'_>],
         obs: &mut dyn Observer,
     ) -> Result<Tensor, ModelError> {
+        let segments: Vec<(usize, Option<usize>)> = steps.iter().map(|s| (s.tokens.len(), s.adapter)).collect();
+        let proj = |t: Target, lin: &Linear, x: &Tensor| add_deltas(&self.adapters, &segments, i, t, x, lin.forward(x)?);
         let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
         obs.observe(Tap::AttnIn(i), &n)?;
-        let a = self.attention(&layer.attn, &n, steps, cache_slot)?;
-        obs.observe(Tap::AttnOut(i), &a)?;
-        let x = (x + layer.attn.o.forward(&a)?)?;
+        let a = &layer.attn;
+        let qkv = (proj(Target::Q, &a.q, &n)?, proj(Target::K, &a.k, &n)?, proj(Target::V, &a.v, &n)?);
+        let att = self.attention(a, qkv, steps, cache_slot)?;
+        obs.observe(Tap::AttnOut(i), &att)?;
+        let x = (x + proj(Target::O, &a.o, &att)?)?;
         let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
         obs.observe(Tap::MlpIn(i), &n)?;
-        let mid = silu_mul(&layer.gate.forward(&n)?, &layer.up.forward(&n)?)?;
+        let mid = silu_mul(&proj(Target::Gate, &layer.gate, &n)?, &proj(Target::Up, &layer.up, &n)?)?;
         obs.observe(Tap::MlpMid(i), &mid)?;
-        Ok((x + layer.down.forward(&mid)?)?)
+        Ok((x + proj(Target::Down, &layer.down, &mid)?)?)
     }
 
     /// hidden: (1, t, hidden) -> logits (1, t, vocab)
@@ -309,11 +341,10 @@ impl Decoder {
         Ok(self.logits(&picked)?.squeeze(0)?.to_vec2()?)
     }
 
-    /// x: (1, t, hidden), the rows of every step in order -> attention output before o_proj
-    /// (1, t, heads * head_dim)
-    fn attention(&self, a: &Attention, x: &Tensor, steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
+    /// q, k, v projections of every step's rows, in order (1, t, heads * head_dim) -> attention
+    /// output before o_proj (1, t, heads * head_dim)
+    fn attention(&self, a: &Attention, (q_all, k_all, v_all): (Tensor, Tensor, Tensor), steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
         let hd = self.cfg.head_dim;
-        let (q_all, k_all, v_all) = (a.q.forward(x)?, a.k.forward(x)?, a.v.forward(x)?);
         // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
         let split = |y: Tensor, heads: usize, norm: &Option<Tensor>, start: usize| -> Result<Tensor, ModelError> {
             let t = y.dim(1)?;
@@ -349,4 +380,6 @@ impl Decoder {
 pub struct Step<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
+    /// The LoRA adapter (`Decoder::add_adapter`'s index) this sequence runs with, if any.
+    pub adapter: Option<usize>,
 }

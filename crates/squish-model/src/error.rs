@@ -23,4 +23,9 @@ impl ModelError {
     pub fn unsupported(path: &std::path::Path, msg: impl std::fmt::Display) -> Self {
         Self::Unsupported { path: path.display().to_string(), msg: msg.to_string() }
     }
+
+    /// A file that could not be read or written.
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
+        Self::unsupported(path, e)
+    }
 }

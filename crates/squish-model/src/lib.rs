@@ -9,6 +9,7 @@ mod error;
 mod gguf_tokenizer;
 mod kv_cache;
 mod linear;
+pub mod lora;
 mod sampler;
 mod tokenizer;
 mod weights;
@@ -101,8 +102,6 @@ impl Model {
 
     /// The chat template, if the model has one.
     pub fn chat_template(&self) -> Option<ChatTemplate> {
-        let tok = &self.tokenizer;
-        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default();
-        tok.chat_template().map(|src| ChatTemplate::new(src, &text(tok.bos()), &text(tok.eos().first().copied())))
+        self.tokenizer.template()
     }
 }

@@ -122,6 +122,12 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
+    /// The chat template, ready to render with this tokenizer's BOS and EOS texts.
+    pub fn template(&self) -> Option<crate::ChatTemplate> {
+        let text = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or_default();
+        self.chat_template().map(|src| crate::ChatTemplate::new(src, &text(self.bos()), &text(self.eos().first().copied())))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

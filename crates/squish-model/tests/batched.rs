@@ -42,9 +42,9 @@ fn batched_sequences_match_each_alone() {
     let (c01, c2) = caches.split_at_mut(2);
     let (c0, c1) = c01.split_at_mut(1);
     let mut steps = [
-        Step { tokens: &prompts[0], cache: &mut c0[0] },
-        Step { tokens: &prompts[1], cache: &mut c1[0] },
-        Step { tokens: &last, cache: &mut c2[0] },
+        Step { tokens: &prompts[0], cache: &mut c0[0], adapter: None },
+        Step { tokens: &prompts[1], cache: &mut c1[0], adapter: None },
+        Step { tokens: &last, cache: &mut c2[0], adapter: None },
     ];
     let h = m.decoder.forward_batch(&mut steps).unwrap();
     let rows = [prompts[0].len() - 1, prompts[0].len() + prompts[1].len() - 1, h.dim(1).unwrap() - 1];

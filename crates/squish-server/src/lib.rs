@@ -29,6 +29,8 @@ pub struct ServerOptions {
     pub api_key: Option<String>,
     /// The name clients use for the model (`model` field, /v1/models, /api/tags).
     pub model_id: String,
+    /// LoRA adapters loaded into the model, in index order: `model: "<model_id>:<name>"` picks one.
+    pub adapters: Vec<String>,
     /// Request bodies above this many bytes get 413.
     pub max_body: usize,
     /// After a shutdown signal, how long in-flight requests may take to finish.
@@ -61,6 +63,7 @@ pub struct ModelDetails {
 pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub model_id: String,
+    pub adapters: Vec<String>,
     pub api_key: Option<String>,
     pub metrics: Arc<metrics::Metrics>,
     /// Unix seconds at start, for `created` fields.
@@ -70,13 +73,25 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// Accepts the served name (and no name at all); anything else is 404.
-    pub fn check_model(&self, name: Option<&str>) -> Result<(), ApiError> {
+    /// Accepts the served name (and no name at all), or `<served name>:<adapter>` for a LoRA
+    /// adapter, whose index it returns; anything else is 404.
+    pub fn check_model(&self, name: Option<&str>) -> Result<Option<usize>, ApiError> {
         match name {
-            None | Some("") => Ok(()),
-            Some(n) if n == self.model_id || n.strip_suffix(":latest") == Some(&self.model_id) => Ok(()),
-            Some(n) => Err(ApiError::model_not_found(n, &self.model_id)),
+            None | Some("") => Ok(None),
+            Some(n) if n == self.model_id || n.strip_suffix(":latest") == Some(&self.model_id) => Ok(None),
+            Some(n) => {
+                let adapter = n.strip_prefix(self.model_id.as_str()).and_then(|r| r.strip_prefix(':'));
+                match adapter.and_then(|a| self.adapters.iter().position(|x| x == a)) {
+                    Some(i) => Ok(Some(i)),
+                    None => Err(ApiError::model_not_found(n, &self.model_ids().join("`, `"))),
+                }
+            }
         }
+    }
+
+    /// The base model's name, then one `<base>:<adapter>` per adapter.
+    pub fn model_ids(&self) -> Vec<String> {
+        std::iter::once(self.model_id.clone()).chain(self.adapters.iter().map(|a| format!("{}:{a}", self.model_id))).collect()
     }
 }
 
@@ -84,6 +99,7 @@ pub fn router(engine: Arc<Engine>, opts: &ServerOptions) -> Result<Router, prome
     let state = Arc::new(AppState {
         engine,
         model_id: opts.model_id.clone(),
+        adapters: opts.adapters.clone(),
         api_key: opts.api_key.clone(),
         metrics: Arc::new(metrics::Metrics::new()?),
         started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),

@@ -77,7 +77,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ttft.push(run.prefill_s);
     }
     let (size, bpw, params) = model_size(&path);
-    let rss_mb = peak_rss_kb() as f64 / 1024.0;
+    let rss_mb = crate::setup::peak_rss_kb() as f64 / 1024.0;
     let name = path.file_name().map_or(path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let (pp_m, pp_s) = mean_std(&pp);
     let (tg_m, tg_s) = mean_std(&tg);
@@ -157,10 +157,3 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Peak resident memory of this process (Linux: VmHWM), 0 where unknown.
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}

@@ -7,6 +7,7 @@ mod convert;
 mod model_arg;
 mod eval;
 mod info;
+mod lora;
 mod models;
 mod pull;
 mod pull_bars;
@@ -45,6 +46,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Remove a model from the store
     Rm(models::RmArgs),
+    /// Fine-tune LoRA adapters (PEFT layout) over a frozen base, quantized or not
+    Lora(lora::LoraArgs),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Command::Pull(args) => pull::run(args),
         Command::Models(args) => models::list(args),
         Command::Rm(args) => models::rm(args),
+        Command::Lora(args) => lora::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// CPU threads [default: all cores]
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// A LoRA adapter directory (PEFT layout: `squish lora train` or Hugging Face peft) to run with
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// Print load time and prompt/decode speed to stderr
     #[arg(short, long)]
     pub verbose: bool,
@@ -84,7 +87,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     .context("cannot install the Ctrl-C handler")?;
 
     let t0 = Instant::now();
-    let model = Model::load(&path, &device, args.ctx)?;
+    let mut model = Model::load(&path, &device, args.ctx)?;
+    if let Some(dir) = &args.lora {
+        crate::lora::attach(&mut model, &[format!("lora={}", dir.display())], &device)?;
+        model.decoder.set_default_adapter(Some(0));
+    }
     if args.verbose {
         let cfg = model.decoder.config();
         eprintln!(

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// CPU threads [default: all cores]
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// A LoRA adapter (PEFT layout) served as `<model>:NAME`; repeat for more. Requests pick one
+    /// with `"model": "<model name>:NAME"`; the plain name is the base model
+    #[arg(long, value_name = "NAME=DIR")]
+    pub lora: Vec<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -69,7 +73,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let arg = model_arg::resolve_arg(args.model.clone())?;
     let path = arg.path;
     let t0 = Instant::now();
-    let model = Model::load(&path, &device, args.ctx)?;
+    let mut model = Model::load(&path, &device, args.ctx)?;
+    let adapters = crate::lora::attach(&mut model, &args.lora, &device)?;
     let details = details(&path, &model);
     let model_id = args.name.clone().or(arg.stored.map(|(name, _)| name)).unwrap_or_else(|| default_name(&path));
     tracing::info!(
@@ -84,6 +89,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         addr: SocketAddr::new(args.host, args.port),
         api_key: args.api_key.filter(|k| !k.is_empty()),
         model_id,
+        adapters,
         max_body: args.max_body,
         grace: Duration::from_secs(args.grace),
         details,

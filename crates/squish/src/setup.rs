@@ -19,3 +19,11 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     }
     bar
 }
+
+/// Peak resident memory of this process (Linux: VmHWM), 0 where unknown.
+pub fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}

@@ -138,3 +138,33 @@ pub fn smollm2_repo() -> PathBuf {
 pub fn repo_arg(id: &str, dir: &Path) -> String {
     format!("{id}={}", dir.display())
 }
+
+/// A running `squish serve` on a free port; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(model: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = squish();
+        cmd.args(["serve", "--port", "0", "--model"]).arg(model).args(args);
+        cmd.envs(env.iter().copied()).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("squish: listening on ").unwrap_or_else(|| panic!("server said: {line:?}")).to_string();
+        Self { child, url }
+    }
+
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

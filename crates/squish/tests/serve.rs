@@ -10,36 +10,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// A running `squish serve` on a free port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(model: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = squish();
-        cmd.args(["serve", "--port", "0", "--model"]).arg(model).args(args);
-        cmd.envs(env.iter().copied()).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("squish: listening on ").unwrap_or_else(|| panic!("server said: {line:?}")).to_string();
-        Self { child, url }
-    }
-
-    fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs one script of tests/server/ against `server`; its unittest report shows on failure.
 fn python(script: &str, server: &Server, env: &[(&str, &str)]) {
     let dir = PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../tests/server");

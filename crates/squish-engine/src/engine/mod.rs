@@ -34,6 +34,8 @@ pub struct Request {
     pub prompt_logprobs: bool,
     /// Output constrained to a JSON schema or grammar.
     pub format: Option<OutputFormat>,
+    /// The LoRA adapter to run with (`Decoder::add_adapter`'s index), if any.
+    pub adapter: Option<usize>,
 }
 
 impl Request {
@@ -48,6 +50,7 @@ impl Request {
             logprobs: None,
             prompt_logprobs: false,
             format: None,
+            adapter: None,
         }
     }
 }

@@ -35,6 +35,8 @@ type Waiting = (Box<Request>, Option<Constraint>, UnboundedSender<Event>);
 pub(super) fn run(model: &Model, mut caches: Vec<KvCache>, rx: mpsc::Receiver<Command>, shared: &Shared) {
     // Per slot: how many leading cached tokens were computed by whole prompt chunks.
     let mut exact = vec![0usize; caches.len()];
+    // Per slot: the LoRA adapter its cached tokens were computed with.
+    let mut adapters: Vec<Option<usize>> = vec![None; caches.len()];
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut running: Vec<Sequence<'_>> = Vec::new();
     let mut open = true;
@@ -62,7 +64,7 @@ pub(super) fn run(model: &Model, mut caches: Vec<KvCache>, rx: mpsc::Receiver<Co
         queue.retain(|(_, _, reply)| !reply.is_closed());
         shared.waiting.fetch_sub(before - queue.len(), Ordering::SeqCst);
         running.retain(|s| !s.abandoned());
-        admit(model, &mut caches, &mut exact, &mut queue, &mut running, shared);
+        admit(model, &mut caches, &mut exact, &mut adapters, &mut queue, &mut running, shared);
         if !running.is_empty() {
             let finished = step(model, &mut caches, &mut exact, &mut running);
             for (i, end) in finished.into_iter().rev() {
@@ -95,6 +97,7 @@ fn admit<'m>(
     model: &'m Model,
     caches: &mut [KvCache],
     exact: &mut [usize],
+    adapters: &mut [Option<usize>],
     queue: &mut VecDeque<Waiting>,
     running: &mut Vec<Sequence<'m>>,
     shared: &Shared,
@@ -106,6 +109,9 @@ fn admit<'m>(
         // Whole chunks computed as prompt chunks, shared with this prompt, leaving at least its
         // last token to run (for logits); prompt log-probabilities need every position's.
         let reusable = |i: usize| {
+            if adapters[i] != req.adapter {
+                return 0; // keys and values depend on the adapter
+            }
             let common = common_prefix(caches[i].tokens(), &req.prompt).min(exact[i]).min(req.prompt.len() - 1);
             if req.prompt_logprobs { 0 } else { common / PREFILL_CHUNK * PREFILL_CHUNK }
         };
@@ -116,6 +122,7 @@ fn admit<'m>(
             .expect("a slot is free");
         caches[slot].truncate(reuse);
         exact[slot] = reuse;
+        adapters[slot] = req.adapter;
         running.push(Sequence::new(*req, constraint, reply, slot, reuse, &model.tokenizer));
     }
 }
@@ -164,7 +171,7 @@ fn step(
                 Some(t) => std::slice::from_ref(t),
                 None => &s.req.prompt[s.prefilled..s.prefilled + p.len],
             };
-            steps.push(Step { tokens, cache: slots[s.slot].take().expect("one sequence per slot") });
+            steps.push(Step { tokens, cache: slots[s.slot].take().expect("one sequence per slot"), adapter: s.req.adapter });
         }
         model.decoder.forward_batch(&mut steps)
     };

@@ -149,7 +149,7 @@ impl<'a> Calibration<'a> {
             let layer = Layer::load(cfg, &self.src.weights(&Device::Cpu), i)?;
             for (tokens, hidden) in &mut self.windows {
                 let mut cache = crate::KvCache::new(1, cfg.kv_heads, cfg.head_dim, self.ctx, &Device::Cpu)?;
-                let step = crate::Step { tokens, cache: &mut cache };
+                let step = crate::Step { tokens, cache: &mut cache, adapter: None };
                 *hidden = self.shell.layer_forward(&layer, i, 0, hidden.clone(), &mut [step], &mut self.stats)?;
             }
             self.next_layer += 1;

@@ -5,7 +5,7 @@
 //! incomplete, verified, and only then renamed into place.
 
 mod calibrate;
-mod export;
+pub(crate) mod export;
 mod plan;
 
 pub use export::SIDE_FILES;

@@ -99,10 +99,11 @@ impl Common {
 pub async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, OllamaError> {
     let start = Instant::now();
     let r: ChatRequest = parse_json(&body).map_err(ApiError::ollama)?;
-    s.check_model(r.common.model.as_deref()).map_err(ApiError::ollama)?;
+    let adapter = s.check_model(r.common.model.as_deref()).map_err(ApiError::ollama)?;
     let tools = ToolMode::from_request(r.tools.as_ref(), None).map_err(ApiError::ollama)?;
     let prompt = prompt_tokens(&s.engine, &r.messages, &tools).map_err(ApiError::ollama)?;
-    let req = r.common.request(prompt, s.engine.model().context_size()).map_err(ApiError::ollama)?;
+    let mut req = r.common.request(prompt, s.engine.model().context_size()).map_err(ApiError::ollama)?;
+    req.adapter = adapter;
     let run = Tracked::new(s.engine.submit(req)?, s.metrics.clone(), "ollama_chat", start);
     Ok(reply(s, run, r.common.stream.unwrap_or(true), Kind::Chat(tools), start).await)
 }
@@ -110,7 +111,7 @@ pub async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Respons
 pub async fn generate(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, OllamaError> {
     let start = Instant::now();
     let r: GenerateRequest = parse_json(&body).map_err(ApiError::ollama)?;
-    s.check_model(r.common.model.as_deref()).map_err(ApiError::ollama)?;
+    let adapter = s.check_model(r.common.model.as_deref()).map_err(ApiError::ollama)?;
     if r.prompt.is_empty() {
         // Ollama's way to load a model: the model is always loaded here.
         return Ok(Json(json!({"model": s.model_id, "created_at": now_rfc3339(), "response": "",
@@ -128,7 +129,8 @@ pub async fn generate(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Res
         messages.push(json!({"role": "user", "content": r.prompt}));
         prompt_tokens(&s.engine, &messages, &ToolMode::None).map_err(ApiError::ollama)?
     };
-    let req = r.common.request(prompt, model.context_size()).map_err(ApiError::ollama)?;
+    let mut req = r.common.request(prompt, model.context_size()).map_err(ApiError::ollama)?;
+    req.adapter = adapter;
     let run = Tracked::new(s.engine.submit(req)?, s.metrics.clone(), "ollama_generate", start);
     Ok(reply(s, run, r.common.stream.unwrap_or(true), Kind::Generate, start).await)
 }

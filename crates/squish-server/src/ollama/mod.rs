@@ -128,7 +128,9 @@ struct EmbedRequest {
 async fn embed(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, OllamaError> {
     let start = Instant::now();
     let r: EmbedRequest = parse_json(&body).map_err(ApiError::ollama)?;
-    s.check_model(r.model.as_deref()).map_err(ApiError::ollama)?;
+    if s.check_model(r.model.as_deref()).map_err(ApiError::ollama)?.is_some() {
+        return Err(ApiError::bad_request("embeddings come from the base model: send its name as `model`", Some("model")).ollama());
+    }
     let input = r.input.ok_or_else(|| ApiError::bad_request("`input` is required", Some("input")).ollama())?;
     let inputs = crate::openai::embedding_inputs(&s, &input).map_err(ApiError::ollama)?;
     let count: usize = inputs.iter().map(Vec::len).sum();
@@ -141,7 +143,9 @@ async fn embed(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value
 
 async fn embeddings_legacy(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, OllamaError> {
     let r: EmbedRequest = parse_json(&body).map_err(ApiError::ollama)?;
-    s.check_model(r.model.as_deref()).map_err(ApiError::ollama)?;
+    if s.check_model(r.model.as_deref()).map_err(ApiError::ollama)?.is_some() {
+        return Err(ApiError::bad_request("embeddings come from the base model: send its name as `model`", Some("model")).ollama());
+    }
     let prompt = r.prompt.ok_or_else(|| ApiError::bad_request("`prompt` is required", Some("prompt")).ollama())?;
     let inputs = crate::openai::embedding_inputs(&s, &Value::String(prompt)).map_err(ApiError::ollama)?;
     let mut vectors = crate::openai::embed_all(&s, inputs).await.map_err(ApiError::ollama)?;

@@ -54,10 +54,11 @@ fn output_format(v: Option<&Value>) -> Result<Option<OutputFormat>, ApiError> {
 pub async fn handle(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let start = Instant::now();
     let r: ChatRequest = parse_json(&body)?;
-    s.check_model(r.sampling.model.as_deref())?;
+    let adapter = s.check_model(r.sampling.model.as_deref())?;
     let tools = ToolMode::from_request(r.tools.as_ref(), r.tool_choice.as_ref())?;
     let prompt = prompt_tokens(&s.engine, &r.messages, &tools)?;
     let mut req = r.sampling.request(prompt, None, s.engine.model().context_size())?;
+    req.adapter = adapter;
     req.logprobs = match (r.logprobs, r.top_logprobs) {
         (false, Some(_)) => return Err(ApiError::bad_request("`top_logprobs` needs `logprobs: true`", Some("top_logprobs"))),
         (true, Some(k)) if k > 20 => return Err(ApiError::bad_request("`top_logprobs` must be at most 20", Some("top_logprobs"))),

@@ -35,7 +35,7 @@ struct CompletionRequest {
 pub async fn handle(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let start = Instant::now();
     let r: CompletionRequest = parse_json(&body)?;
-    s.check_model(r.sampling.model.as_deref())?;
+    let adapter = s.check_model(r.sampling.model.as_deref())?;
     if r.suffix.as_deref().is_some_and(|x| !x.is_empty()) {
         return Err(ApiError::bad_request("`suffix` (fill-in-the-middle) is not supported", Some("suffix")));
     }
@@ -50,6 +50,7 @@ pub async fn handle(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     for p in token_inputs(tok, &r.prompt, "prompt")? {
         let mut req = r.sampling.request(p.clone(), Some(DEFAULT_MAX_TOKENS), ctx)?;
         req.logprobs = r.logprobs;
+        req.adapter = adapter;
         req.prompt_logprobs = r.echo && r.logprobs.is_some();
         runs.extend(choices::submit(&s, req, n, "completions", start)?);
         prompt_ids.extend(std::iter::repeat_n(p, n));

@@ -36,7 +36,9 @@ pub async fn embed_all(s: &AppState, inputs: Vec<Vec<u32>>) -> Result<Vec<Vec<f3
 
 pub async fn handle(State(s): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let r: EmbeddingRequest = parse_json(&body)?;
-    s.check_model(r.model.as_deref())?;
+    if s.check_model(r.model.as_deref())?.is_some() {
+        return Err(ApiError::bad_request("embeddings come from the base model: send its name as `model`", Some("model")));
+    }
     if r.dimensions.is_some() {
         return Err(ApiError::bad_request("`dimensions` is not supported: embeddings have the model's hidden size", Some("dimensions")));
     }

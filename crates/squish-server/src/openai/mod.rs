@@ -25,15 +25,16 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/models/{id}", get(model))
 }
 
-fn model_json(s: &AppState) -> Value {
-    json!({"id": s.model_id, "object": "model", "created": s.started, "owned_by": "squish"})
+fn model_json(s: &AppState, id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": s.started, "owned_by": "squish"})
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_json(&s)]}))
+    let data: Vec<Value> = s.model_ids().iter().map(|id| model_json(&s, id)).collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
 async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     s.check_model(Some(&id))?;
-    Ok(Json(model_json(&s)))
+    Ok(Json(model_json(&s, &id)))
 }

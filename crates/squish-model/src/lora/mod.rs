@@ -1,0 +1,21 @@
+//! LoRA: low-rank adapters over a frozen base model, in Hugging Face PEFT's on-disk layout.
+//! `adapter` reads, checks and writes adapters; `data` turns JSONL into token rows with loss
+//! masks; `train_model` is the differentiable decoder they are trained in; `trainer` runs
+//! AdamW over them with checkpoints; `apply` adds adapters to the decoder at inference;
+//! `merge` folds one into its base.
+
+pub mod adapter;
+pub mod data;
+pub mod merge;
+mod apply;
+mod fused;
+mod train_layer;
+mod train_model;
+pub mod trainer;
+
+pub use adapter::{Adapter, AdapterConfig, LoraPair, Target};
+pub use apply::Deltas;
+pub(crate) use apply::add_deltas;
+pub use train_model::TrainModel;
+/// The training dtype (f32; f64 for gradient checks).
+pub use candle_core::DType;
