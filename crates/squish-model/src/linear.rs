@@ -6,14 +6,31 @@ use crate::ModelError;
 use candle_core::{DType, Device, Module, Tensor};
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
-use squish_quant::{int4, int8};
+use squish_quant::{f16, int3, int4, int8};
 use std::sync::OnceLock;
+
+/// A grouped matrix's f16 scales and mins: in place in the file, or expanded at load from
+/// their stored 8-bit form (`squish_quant::params8`; 1/32 of the codes' size at g = 64).
+pub enum GroupParams {
+    Mapped { scales: Mapped, mins: Mapped },
+    Expanded { scales: Vec<f16>, mins: Vec<f16> },
+}
+
+impl GroupParams {
+    fn get(&self) -> Result<(&[f16], &[f16]), ModelError> {
+        Ok(match self {
+            GroupParams::Mapped { scales, mins } => (scales.as_f16()?, mins.as_f16()?),
+            GroupParams::Expanded { scales, mins } => (scales, mins),
+        })
+    }
+}
 
 pub enum Weight {
     Dense(Tensor),
     /// `panels`: the same matrix laid out for the CPU's panel kernel, made on first use
     /// (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
-    Int4 { codes: Mapped, scales: Mapped, mins: Mapped, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int4Panels>> },
+    Int4 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int4Panels>> },
+    Int3 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize },
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
 }
 
@@ -31,7 +48,7 @@ impl Linear {
     pub fn shape(&self) -> (usize, usize) {
         match &self.weight {
             Weight::Dense(w) => (w.dims()[0], w.dims()[1]),
-            Weight::Int4 { n, k, .. } | Weight::Int8 { n, k, .. } => (*n, *k),
+            Weight::Int4 { n, k, .. } | Weight::Int3 { n, k, .. } | Weight::Int8 { n, k, .. } => (*n, *k),
         }
     }
 
@@ -59,10 +76,15 @@ impl Linear {
 
     fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
         match &self.weight {
-            Weight::Int4 { codes, scales, mins, n, k, group, panels } => {
-                let m = int4::Int4Matrix::new(codes.bytes(), scales.as_f16()?, mins.as_f16()?, *n, *k, *group)
-                    .map_err(quant_err)?;
+            Weight::Int4 { codes, params, n, k, group, panels } => {
+                let (scales, mins) = params.get()?;
+                let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
                 int4::matmul_with_panels(&m, panels.get_or_init(|| Int4Panels::new(&m)).as_ref(), x, t, out);
+            }
+            Weight::Int3 { codes, params, n, k, group } => {
+                let (scales, mins) = params.get()?;
+                let m = int3::Int3Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
+                int3::matmul(&m, x, t, out);
             }
             Weight::Int8 { codes, scales, n, k, group } => {
                 let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;
@@ -92,10 +114,15 @@ impl Linear {
     fn dequantize_row(&self, r: usize) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0f32; self.shape().1];
         match &self.weight {
-            Weight::Int4 { codes, scales, mins, n, k, group, .. } => {
-                let m = int4::Int4Matrix::new(codes.bytes(), scales.as_f16()?, mins.as_f16()?, *n, *k, *group)
-                    .map_err(quant_err)?;
+            Weight::Int4 { codes, params, n, k, group, .. } => {
+                let (scales, mins) = params.get()?;
+                let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
                 int4::dequantize_row(&m, r, &mut out);
+            }
+            Weight::Int3 { codes, params, n, k, group } => {
+                let (scales, mins) = params.get()?;
+                let m = int3::Int3Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
+                int3::dequantize_row(&m, r, &mut out);
             }
             Weight::Int8 { codes, scales, n, k, group } => {
                 let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;

@@ -3,7 +3,7 @@
 //! is undone so one rotate-half RoPE serves both sources.
 
 use crate::config::{Arch, ModelConfig};
-use crate::linear::{Linear, Weight};
+use crate::linear::{GroupParams, Linear, Weight};
 use crate::ModelError;
 use candle_core::{DType, Device, Tensor};
 use squish_format::{Mapped, ModelFiles, StDtype};
@@ -38,7 +38,7 @@ impl<'a> Weights<'a> {
             _ => None,
         };
         let weight = match quantized {
-            Some((scheme, Some(group), shape)) if scheme == "int4" || scheme == "int8" => {
+            Some((scheme, Some(group), shape)) if ["int4", "int4p8", "int3", "int8"].contains(&scheme.as_str()) => {
                 if shape != [out, inp] {
                     return Err(ModelError::unsupported(
                         self.files.path(),
@@ -52,24 +52,27 @@ impl<'a> Weights<'a> {
                     ));
                 }
                 let part = |suffix: &str, dtype| Mapped::new(self.files, &format!("{name}.{suffix}"), dtype);
-                if scheme == "int4" {
-                    Weight::Int4 {
+                // 8-bit parameters (int3, int4p8) become the f16 values the kernels read, once.
+                let params = |eight: bool| -> Result<GroupParams, ModelError> {
+                    if !eight {
+                        return Ok(GroupParams::Mapped { scales: part("scales", StDtype::F16)?, mins: part("mins", StDtype::F16)? });
+                    }
+                    let (s8, m8, steps) = (part("scales", StDtype::U8)?, part("mins", StDtype::I8)?, part("steps", StDtype::F16)?);
+                    let (scales, mins) = squish_quant::params8::expand_params(s8.bytes(), m8.as_i8(), steps.as_f16()?)
+                        .map_err(|e| ModelError::unsupported(self.files.path(), format!("tensor `{name}`: {e}")))?;
+                    Ok(GroupParams::Expanded { scales, mins })
+                };
+                match scheme.as_str() {
+                    "int4" | "int4p8" => Weight::Int4 {
                         codes: part("q4", StDtype::U8)?,
-                        scales: part("scales", StDtype::F16)?,
-                        mins: part("mins", StDtype::F16)?,
+                        params: params(scheme == "int4p8")?,
                         n: out,
                         k: inp,
                         group,
                         panels: Default::default(),
-                    }
-                } else {
-                    Weight::Int8 {
-                        codes: part("q8", StDtype::I8)?,
-                        scales: part("scales", StDtype::F16)?,
-                        n: out,
-                        k: inp,
-                        group,
-                    }
+                    },
+                    "int3" => Weight::Int3 { codes: part("q3", StDtype::U8)?, params: params(true)?, n: out, k: inp, group },
+                    _ => Weight::Int8 { codes: part("q8", StDtype::I8)?, scales: part("scales", StDtype::F16)?, n: out, k: inp, group },
                 }
             }
             _ => Weight::Dense(self.get(&name, &[out, inp])?),

@@ -1,10 +1,10 @@
-//! Kernel benchmark: INT4 g64 and INT8 g32 matmuls on SmolLM2-135M's shapes, on a rayon
+//! Kernel benchmark: INT4 g64, INT3 g64 and INT8 g32 matmuls on SmolLM2-135M's shapes, on a rayon
 //! pool of 2 threads, at t = 1 (decode) and t = 512 (prefill); then the whole model's
 //! matmuls per token (30 layers of distinct weights plus the 49152 x 576 head) and the
 //! time to quantize the head. Run: `cargo run --release -p squish-quant --example kernel_bench`
 //! (`-- --quick` for shorter runs).
 
-use squish_quant::{f16, int4, int8, Int4Owned, Int8Owned};
+use squish_quant::{f16, int3, int4, int8, Int3Owned, Int4Owned, Int8Owned};
 use std::time::{Duration, Instant};
 
 const SHAPES: [(usize, usize); 5] = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)];
@@ -37,6 +37,7 @@ impl Rng {
 /// Either scheme behind one interface.
 enum Mat {
     I4(Int4Owned),
+    I3(Int3Owned),
     I8(Int8Owned),
 }
 
@@ -44,18 +45,21 @@ impl Mat {
     fn n(&self) -> usize {
         match self {
             Mat::I4(m) => m.view().n(),
+            Mat::I3(m) => m.view().n(),
             Mat::I8(m) => m.view().n(),
         }
     }
     fn bytes(&self) -> usize {
         match self {
             Mat::I4(m) => m.view().bytes(),
+            Mat::I3(m) => m.view().bytes(),
             Mat::I8(m) => m.view().bytes(),
         }
     }
     fn matmul(&self, x: &[f32], t: usize, out: &mut [f32]) {
         match self {
             Mat::I4(m) => int4::matmul(&m.view(), x, t, out),
+            Mat::I3(m) => int3::matmul(&m.view(), x, t, out),
             Mat::I8(m) => int8::matmul(&m.view(), x, t, out),
         }
     }
@@ -64,6 +68,7 @@ impl Mat {
 #[derive(Clone, Copy, PartialEq)]
 enum Scheme {
     Int4G64,
+    Int3G64,
     Int8G32,
 }
 
@@ -71,6 +76,7 @@ impl Scheme {
     fn name(self) -> &'static str {
         match self {
             Scheme::Int4G64 => "INT4 g64",
+            Scheme::Int3G64 => "INT3 g64",
             Scheme::Int8G32 => "INT8 g32",
         }
     }
@@ -78,6 +84,7 @@ impl Scheme {
     fn quantize(self, w: &[f32], n: usize, k: usize) -> Mat {
         match self {
             Scheme::Int4G64 => Mat::I4(int4::quantize(w, n, k, 64, None)),
+            Scheme::Int3G64 => Mat::I3(int3::quantize(w, n, k, 64, None).matrix().clone()),
             Scheme::Int8G32 => Mat::I8(int8::quantize(w, n, k, 32, None)),
         }
     }
@@ -91,6 +98,11 @@ impl Scheme {
                 let codes = (0..n * k / 2).map(|_| rng.next() as u8).collect();
                 let (s, m) = (scales(rng, n * k / 64, 0.01), scales(rng, n * k / 64, -0.08));
                 Mat::I4(Int4Owned::from_parts(codes, s, m, n, k, 64).expect("shape"))
+            }
+            Scheme::Int3G64 => {
+                let codes = (0..n * k * 3 / 8).map(|_| rng.next() as u8).collect();
+                let (s, m) = (scales(rng, n * k / 64, 0.02), scales(rng, n * k / 64, -0.08));
+                Mat::I3(Int3Owned::from_parts(codes, s, m, n, k, 64).expect("shape"))
             }
             Scheme::Int8G32 => {
                 let codes = (0..n * k).map(|_| ((rng.next() % 255) as i16 - 127) as i8).collect();
@@ -156,7 +168,7 @@ fn run(quick: bool) {
         rayon::current_num_threads(),
         squish_quant::kernel_isa()
     );
-    for scheme in [Scheme::Int4G64, Scheme::Int8G32] {
+    for scheme in [Scheme::Int4G64, Scheme::Int3G64, Scheme::Int8G32] {
         println!("\n== {} ==", scheme.name());
         println!(
             "{:>12} | {:>10} {:>8} | {:>10} {:>8} {:>9}",

@@ -17,7 +17,8 @@ pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
 /// The kernels add `scale · CODE_CENTER · Σ(x - x̂)` per group: the error of
 /// `scale · Σ q x̂` against `scale · Σ q x` is `scale · Σ q (x - x̂)`, and with the
 /// correction it becomes `scale · Σ (q - 7.5)(x - x̂)`: codes centred on 0..=15's middle,
-/// about 2.5x smaller on typical groups, for one FMA per group.
+/// about 2.5x smaller on typical groups, for one FMA per group. INT3 centres its codes
+/// 0..=7 on 3.5 the same way (`quantize_centred`).
 pub(crate) const CODE_CENTER: f32 = 7.5;
 
 /// One call's quantized activations, reused between calls (see `with_scratch`).
@@ -46,12 +47,13 @@ pub(crate) struct ActQ8 {
 }
 
 /// One token's outputs: codes (k), block scales (k/32), group sums and centred residuals
-/// (k/g each).
+/// (k/g each, `center` · Σ(x - x̂)).
 pub(crate) struct TokenOut<'a> {
     pub q: &'a mut [i8],
     pub d: &'a mut [f32],
     pub sx: &'a mut [f32],
     pub rc: &'a mut [f32],
+    pub center: f32,
 }
 
 /// One token's input and output slices, as the zipped chunk iterators yield them.
@@ -63,7 +65,15 @@ const PAR_MIN_ELEMS: usize = 1 << 16;
 impl ActQ8 {
     /// Quantizes `t` tokens of `k` inputs for weight groups of `g`. Preconditions (checked
     /// by the matmul entry): `x.len() == t * k`, `k % 32 == 0`, `g % 32 == 0`, `k % g == 0`.
+    // Used by x86's panel path and the tests.
+    #[cfg_attr(not(any(test, target_arch = "x86_64")), allow(dead_code))]
     pub fn quantize(&mut self, isa: Isa, x: &[f32], t: usize, k: usize, g: usize) {
+        self.quantize_centred(isa, x, t, k, g, CODE_CENTER);
+    }
+
+    /// `quantize` with the residuals scaled by `center` (the middle of the weight codes'
+    /// range) instead of `CODE_CENTER`.
+    pub fn quantize_centred(&mut self, isa: Isa, x: &[f32], t: usize, k: usize, g: usize, center: f32) {
         let (nb, ng, tp) = (k / 32, k / g, t.next_multiple_of(8));
         self.q.resize(t * k, 0);
         self.dtok.resize(t * nb, 0.0);
@@ -73,7 +83,7 @@ impl ActQ8 {
         static CALLS: AtomicU64 = AtomicU64::new(0);
         self.call = CALLS.fetch_add(1, Ordering::Relaxed);
 
-        let one = |((((x, q), d), sx), rc): Parts| quantize_token(isa, x, g, TokenOut { q, d, sx, rc });
+        let one = |((((x, q), d), sx), rc): Parts| quantize_token(isa, x, g, TokenOut { q, d, sx, rc, center });
         if t * k < PAR_MIN_ELEMS {
             let it = x.chunks(k).zip(self.q.chunks_mut(k)).zip(self.dtok.chunks_mut(nb));
             it.zip(self.sxtok.chunks_mut(ng)).zip(self.rctok.chunks_mut(ng)).for_each(one);
@@ -98,7 +108,7 @@ impl ActQ8 {
         self.sxtok[tok * (self.k / self.g) + grp]
     }
 
-    /// CODE_CENTER · Σ(x - x̂) over group `grp` of token `tok`.
+    /// center · Σ(x - x̂) over group `grp` of token `tok`.
     #[inline]
     pub fn centred_residual(&self, tok: usize, grp: usize) -> f32 {
         self.rctok[tok * (self.k / self.g) + grp]
@@ -154,7 +164,7 @@ pub(crate) fn block_scale(amax: f32) -> (f32, f32) {
 
 /// The portable version, and the definition the AVX2 one must match.
 pub(crate) fn quantize_token_scalar(x: &[f32], g: usize, out: TokenOut) {
-    let TokenOut { q, d, sx, rc } = out;
+    let TokenOut { q, d, sx, rc, center } = out;
     let bpg = g / 32;
     sx.fill(0.0);
     rc.fill(0.0);
@@ -171,6 +181,6 @@ pub(crate) fn quantize_token_scalar(x: &[f32], g: usize, out: TokenOut) {
             resid += xv - db * r;
         }
         sx[b / bpg] += sum;
-        rc[b / bpg] += CODE_CENTER * resid;
+        rc[b / bpg] += center * resid;
     }
 }

@@ -6,10 +6,15 @@
 //!   f32 scale; llama.cpp's Q4_1 x Q8_1) and multiplies with integer dot products; exact
 //!   per-group sums of x carry the min term, and a per-group residual term cancels most of
 //!   the activation rounding error (`act::CODE_CENTER`).
+//! - [`int3`]: INT4's scheme at 3 bits (codes 0..=7, a scale and min per group), packed
+//!   in two bit planes (24 bytes per 64 inputs); the same quantizers (clipping search,
+//!   GPTQ), the same tile kernel and prefill GEMM ([`grouped`] holds what the two share),
+//!   activations centred on 3.5. Its group parameters are stored on 8-bit per-row grids
+//!   ([`params8`], which INT4 can use too).
 //! - [`int8`]: symmetric 8-bit, group-wise (f16 scale per group); its matmul keeps
 //!   activations in f32.
 //!
-//! Both have a quantizer (clipping search, optional per-input-channel importance), a
+//! Each has a quantizer (clipping search, optional per-input-channel importance), a
 //! dequantizer, an exact scalar reference matmul and the fast matmul. Kernels take borrowed
 //! views ([`Int4Matrix`], [`Int8Matrix`]) of slices such as an mmapped file's, run on the
 //! current rayon pool (calls too small to split stay on the calling thread), and
@@ -29,10 +34,13 @@
 mod act;
 mod error;
 mod fit;
+pub mod grouped;
+pub mod int3;
 pub mod int4;
 pub mod int8;
 mod isa;
 mod matmul;
+pub mod params8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "aarch64")]
@@ -45,5 +53,6 @@ pub use error::ShapeError;
 
 pub use half::f16;
 pub use isa::kernel_isa;
+pub use int3::{Int3Matrix, Int3Owned};
 pub use int4::{Int4Matrix, Int4Owned};
 pub use int8::{Int8Matrix, Int8Owned};

@@ -18,7 +18,8 @@ use squish_format::{
     plan_shards, sha256_file, CalibrationInfo, FormatError, Manifest, ModelFiles, PlannedTensor, ShardWriter,
     SourceInfo, SquishDir, TensorEntry, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST_FILE,
 };
-use squish_quant::{int4, int8};
+use squish_quant::grouped::Layout;
+use squish_quant::{int3, int4, int8, params8};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +30,8 @@ pub struct ConvertOptions {
     pub scheme: Scheme,
     pub group_size: Option<usize>,
     /// The scheme of the token embeddings (and the LM head, tied or not), often the most
-    /// rounding-sensitive matrix; None: the same as `scheme`.
+    /// rounding-sensitive matrix; None: the same as `scheme` (for int3: int4 g64, see
+    /// `plan::int3_keeps_int4`).
     pub embedding_scheme: Option<Scheme>,
     /// Calibration text; None: data-free (every input channel weighs the same).
     pub calib: Option<PathBuf>,
@@ -69,7 +71,7 @@ pub fn convert(
     }
     let src = Source::open(src_path)?;
     let group = opts.group_size.or(opts.scheme.default_group_size()).unwrap_or(0);
-    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
+    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
         return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
     }
 
@@ -91,6 +93,9 @@ pub fn convert(
         .map(|spec| match (opts.embedding_scheme, spec.name.as_str()) {
             (Some(e), "model.embed_tokens.weight" | "lm_head.weight") => {
                 choose(spec, e, opts.group_size.or(e.default_group_size()).unwrap_or(0))
+            }
+            _ if opts.scheme == Scheme::Int3 && plan::int3_keeps_int4(&spec.name, src.config.layers) => {
+                choose(spec, Scheme::Int4P8, 64)
             }
             _ => choose(spec, opts.scheme, group),
         })
@@ -119,12 +124,12 @@ pub fn convert(
     for (index, choice) in choices.iter().enumerate() {
         progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
         let tap = Tap::of_weight(&choice.spec.name);
-        let calib = match (calib.as_mut(), tap) {
+        let stats = match (calib.as_mut(), tap) {
             (Some(c), Some(tap)) => Some((c.stats_for(tap)?, tap)),
             _ => None,
         };
         let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
-        for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, calib)) {
+        for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, stats)) {
             if writer.as_ref().is_none_or(ShardWriter::is_complete) {
                 if let Some(done) = writer.take() {
                     shards.push(done.finish()?);
@@ -199,19 +204,36 @@ pub fn convert(
 }
 
 /// The stored bytes of each part of `choice`, in `parts()` order. With calibration
-/// statistics, int4 uses GPTQ and int8 the activation-weighted search.
+/// statistics, int4, int4p8 and int3 use GPTQ and int8 the activation-weighted search.
 fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate::ActivationStats, Tap)>) -> Vec<Vec<u8>> {
     let shape = &choice.spec.shape;
     let importance = calib.as_ref().and_then(|(s, tap)| s.importance(*tap));
     let importance = importance.as_deref();
     match choice.storage {
         Storage::Int4 { group } => {
+            let (n, k) = (shape[0], shape[1]);
             let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
-                Some(f) => int4::quantize_gptq(data, shape[0], shape[1], group, &f),
-                None => int4::quantize(data, shape[0], shape[1], group, importance),
+                Some(f) => int4::quantize_gptq(data, n, k, group, &f),
+                None => int4::quantize(data, n, k, group, importance),
             };
             let (codes, scales, mins) = q.into_parts();
             vec![codes, f16_bytes(&scales), f16_bytes(&mins)]
+        }
+        Storage::Int3 { group } => {
+            let (n, k) = (shape[0], shape[1]);
+            let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
+                Some(f) => int3::quantize_gptq(data, n, k, group, &f),
+                None => int3::quantize(data, n, k, group, importance),
+            };
+            stored_parts(q)
+        }
+        Storage::Int4P8 { group } => {
+            let (n, k) = (shape[0], shape[1]);
+            let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
+                Some(f) => int4::quantize_gptq_p8(data, n, k, group, &f),
+                None => int4::quantize_p8(data, n, k, group, importance),
+            };
+            stored_parts(q)
         }
         Storage::Int8 { group } => {
             let (codes, scales) = int8::quantize(data, shape[0], shape[1], group, importance).into_parts();
@@ -223,6 +245,13 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
             _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }],
     }
+}
+
+/// A matrix with 8-bit group parameters as its stored parts: codes, scale codes, min codes,
+/// steps.
+fn stored_parts<L: Layout>(q: params8::Stored<L>) -> Vec<Vec<u8>> {
+    let (codes, s8, m8, steps) = q.into_stored();
+    vec![codes, s8, m8.iter().map(|&v| v as u8).collect(), f16_bytes(&steps)]
 }
 
 fn f16_bytes(v: &[f16]) -> Vec<u8> {

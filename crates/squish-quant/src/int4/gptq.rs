@@ -4,10 +4,12 @@
 //! layer's output error, not the weight error, is what gets minimised. Group scale and min
 //! are chosen (by the same clipping search as `quantize`, weighted by diag H) when the
 //! group's first column is reached, from the weights as the feedback has left them.
+//! Written for any grouped layout: INT3 (`crate::int3`) runs the same feedback.
 
 use super::quant::{code, fit_group, inverse};
-use super::{check_shape, dequant, pack_row, Int4Owned};
-use crate::fit::Search;
+use super::{Int4Owned, Nibbles};
+use crate::grouped::{check_shape, dequant, pack_row, row_bytes, GroupedOwned, Layout};
+use crate::fit::{Params, Search};
 use half::f16;
 use rayon::prelude::*;
 
@@ -39,6 +41,11 @@ impl GptqFactor {
         let u = inverse_cholesky_upper(hessian, k).iter().map(|&x| x as f32).collect();
         Self { k, u, diag }
     }
+
+    /// H's diagonal (the mean of x² per input channel).
+    pub fn diagonal(&self) -> &[f32] {
+        &self.diag
+    }
 }
 
 /// Quantizes `w` (n x k row-major) with groups of `g`, given the factor of its input's
@@ -46,26 +53,55 @@ impl GptqFactor {
 ///
 /// Panics on shapes `quantize` refuses or a factor of another width.
 pub fn quantize_gptq(w: &[f32], n: usize, k: usize, g: usize, factor: &GptqFactor) -> Int4Owned {
-    if let Err(e) = check_shape(k, g) {
-        panic!("int4 quantize_gptq: {e}");
+    gptq_grouped::<Nibbles>(w, n, k, g, factor, None)
+}
+
+/// `quantize_gptq` for any grouped layout (INT4, INT3), with each row's parameters on the
+/// 8-bit grids `grids[row]` (ds, dm) when given, else f16.
+pub(crate) fn gptq_grouped<L: Layout>(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    g: usize,
+    factor: &GptqFactor,
+    grids: Option<&[[f32; 2]]>,
+) -> GroupedOwned<L> {
+    let name = L::NAME;
+    if let Err(e) = check_shape::<L>(k, g) {
+        panic!("{name} quantize_gptq: {e}");
     }
-    assert_eq!(w.len(), n * k, "int4 quantize_gptq: w length");
-    assert_eq!(factor.k, k, "int4 quantize_gptq: factor width");
+    assert_eq!(w.len(), n * k, "{name} quantize_gptq: w length");
+    assert_eq!(factor.k, k, "{name} quantize_gptq: factor width");
     let ng = k / g;
-    let mut codes = vec![0u8; n * k / 2];
+    let rb = row_bytes::<L>(k);
+    let mut codes = vec![0u8; n * rb];
     let mut scales = vec![f16::ZERO; n * ng];
     let mut mins = vec![f16::ZERO; n * ng];
-    let blocks = codes.par_chunks_mut(BLOCK * k / 2).zip(scales.par_chunks_mut(BLOCK * ng)).zip(mins.par_chunks_mut(BLOCK * ng));
-    blocks.zip(w.par_chunks(BLOCK * k)).for_each(|(((codes, scales), mins), w)| {
-        quantize_block(w, k, g, factor, codes, scales, mins);
+    let blocks = codes.par_chunks_mut(BLOCK * rb).zip(scales.par_chunks_mut(BLOCK * ng)).zip(mins.par_chunks_mut(BLOCK * ng));
+    blocks.zip(w.par_chunks(BLOCK * k)).enumerate().for_each(|(b, (((codes, scales), mins), w))| {
+        let rows = w.len() / k;
+        let params: Vec<Params> = (b * BLOCK..b * BLOCK + rows)
+            .map(|r| grids.map_or(Params::F16, |gr| Params::Grid { ds: gr[r][0], dm: gr[r][1] }))
+            .collect();
+        quantize_block::<L>(w, k, g, factor, &params, codes, scales, mins);
     });
-    Int4Owned { codes, scales, mins, n, k, g }
+    GroupedOwned::from_fitting_parts(codes, scales, mins, n, k, g)
 }
 
 /// Up to BLOCK rows, column by column: each row's group fit, code and rounding error, then the
 /// error pushed onto the later columns of every row through U's row i. Per element the same
 /// operations in the same order as one row at a time.
-fn quantize_block(w: &[f32], k: usize, g: usize, f: &GptqFactor, codes: &mut [u8], scales: &mut [f16], mins: &mut [f16]) {
+#[allow(clippy::too_many_arguments)]
+fn quantize_block<L: Layout>(
+    w: &[f32],
+    k: usize,
+    g: usize,
+    f: &GptqFactor,
+    params: &[Params],
+    codes: &mut [u8],
+    scales: &mut [f16],
+    mins: &mut [f16],
+) {
     let rows = w.len() / k;
     let ng = k / g;
     // cols[j * rows + r] = row r's column j: a column's update is one contiguous run.
@@ -84,7 +120,7 @@ fn quantize_block(w: &[f32], k: usize, g: usize, f: &GptqFactor, codes: &mut [u8
             let gi = i / g;
             for r in 0..rows {
                 group.iter_mut().enumerate().for_each(|(c, x)| *x = cols[(i + c) * rows + r]);
-                let fit = fit_group(&group, &f.diag[i..i + g], Search::Clip, &mut q[r * k + i..r * k + i + g]);
+                let fit = fit_group(&group, &f.diag[i..i + g], Search::Clip, L::QMAX, params[r], &mut q[r * k + i..r * k + i + g]);
                 (scales[r * ng + gi], mins[r * ng + gi]) = (fit.scale, fit.min);
                 (s[r], m[r]) = (fit.scale.to_f32(), fit.min.to_f32());
                 inv[r] = inverse(s[r]);
@@ -93,7 +129,7 @@ fn quantize_block(w: &[f32], k: usize, g: usize, f: &GptqFactor, codes: &mut [u8
         let uii = f.u[i * k + i];
         for r in 0..rows {
             let x = cols[i * rows + r];
-            let c = code(x, m[r], inv[r]) as u8;
+            let c = code(x, m[r], inv[r], L::QMAX as f32) as u8;
             q[r * k + i] = c;
             err[r] = (x - dequant(s[r], m[r], c)) / uii;
         }
@@ -104,8 +140,8 @@ fn quantize_block(w: &[f32], k: usize, g: usize, f: &GptqFactor, codes: &mut [u8
             }
         }
     }
-    for (qr, out) in q.chunks_exact(k).zip(codes.chunks_exact_mut(k / 2)) {
-        pack_row(qr, out);
+    for (qr, out) in q.chunks_exact(k).zip(codes.chunks_exact_mut(row_bytes::<L>(k))) {
+        pack_row::<L>(qr, out);
     }
 }
 

@@ -7,6 +7,7 @@
 
 use super::Int4Matrix;
 use crate::act::{with_scratch, ActQ8};
+use crate::grouped::{GroupedMatrix, Layout};
 use crate::isa::{detect, Isa};
 use crate::matmul::{check_io, run};
 
@@ -28,14 +29,31 @@ pub fn matmul_scalar(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
 
 /// `matmul` on a chosen kernel family (tests run each one the CPU has).
 pub(crate) fn matmul_with(isa: Isa, w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
-    check_io("int4 matmul", w.n(), w.k(), x, t, out);
+    matmul_grouped(isa, w, x, t, out, run_task);
+}
+
+/// One task of a grouped matmul on a kernel family: rows r0.. for tokens t0.. (see
+/// `matmul::run`).
+pub(crate) type Task<L> = fn(Isa, &GroupedMatrix<L>, &ActQ8, usize, usize, &mut [&mut [f32]]);
+
+/// The matmul entry of any grouped layout (INT4, INT3): checks, quantizes the activations
+/// (centred for the layout's codes), and runs `task` over `matmul::run`'s partition.
+pub(crate) fn matmul_grouped<L: Layout>(
+    isa: Isa,
+    w: &GroupedMatrix<L>,
+    x: &[f32],
+    t: usize,
+    out: &mut [f32],
+    task: Task<L>,
+) {
+    check_io(L::MATMUL, w.n(), w.k(), x, t, out);
     if t == 0 || w.n() == 0 {
         return;
     }
     with_scratch(|a| {
-        a.quantize(isa, x, t, w.k(), w.g());
+        a.quantize_centred(isa, x, t, w.k(), w.g(), L::CENTER);
         let a = &*a;
-        run(w.n(), w.k(), w.bytes() / w.n().max(1), t, out, |r0, t0, outs| run_task(isa, w, a, r0, t0, outs));
+        run(w.n(), w.k(), w.bytes() / w.n().max(1), t, out, |r0, t0, outs| task(isa, w, a, r0, t0, outs));
     });
 }
 
@@ -58,22 +76,26 @@ fn run_task(isa: Isa, w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mu
         Isa::Neon => unsafe { crate::aarch64::int4::task_neon(w, a, r0, t0, outs) },
         #[cfg(target_arch = "aarch64")]
         Isa::DotProd => unsafe { crate::aarch64::int4::task_dotprod(w, a, r0, t0, outs) },
-        Isa::Scalar => {
-            for (i, out) in outs.iter_mut().enumerate() {
-                for (j, y) in out.iter_mut().enumerate() {
-                    *y = scalar_dot(w, a, r0 + j, t0 + i);
-                }
-            }
+        Isa::Scalar => scalar_task(w, a, r0, t0, outs),
+    }
+}
+
+/// A task on the portable path, for any grouped layout.
+pub(crate) fn scalar_task<L: Layout>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    for (i, out) in outs.iter_mut().enumerate() {
+        for (j, y) in out.iter_mut().enumerate() {
+            *y = scalar_dot(w, a, r0 + j, t0 + i);
         }
     }
 }
 
 /// One (row, token) output: per group, scale · (Σ_blocks d · (integer dot) + centred
 /// residual) + min · Σx.
-fn scalar_dot(w: &Int4Matrix, a: &ActQ8, r: usize, tok: usize) -> f32 {
+fn scalar_dot<L: Layout>(w: &GroupedMatrix<L>, a: &ActQ8, r: usize, tok: usize) -> f32 {
     let (k, g) = (w.k(), w.g());
     let (ng, nb, bpg) = (k / g, k / 32, g / 32);
-    let codes = &w.codes()[r * k / 2..(r + 1) * k / 2];
+    let rb = w.row_bytes();
+    let codes = &w.codes()[r * rb..(r + 1) * rb];
     let (scales, mins) = (&w.scales()[r * ng..(r + 1) * ng], &w.mins()[r * ng..(r + 1) * ng]);
     let q = &a.q[tok * k..(tok + 1) * k];
     let d = &a.dtok[tok * nb..(tok + 1) * nb];
@@ -81,10 +103,10 @@ fn scalar_dot(w: &Int4Matrix, a: &ActQ8, r: usize, tok: usize) -> f32 {
     for grp in 0..ng {
         let mut acc = 0.0f32;
         for blk in grp * bpg..(grp + 1) * bpg {
-            let bytes = &codes[(blk / 2) * 32..(blk / 2) * 32 + 32];
-            let shift = (blk & 1) * 4;
+            let bytes = &codes[(blk / 2) * L::BLOCK_BYTES..(blk / 2 + 1) * L::BLOCK_BYTES];
+            let j0 = (blk & 1) * 32;
             let qa = &q[blk * 32..blk * 32 + 32];
-            let isum: i32 = bytes.iter().zip(qa).map(|(&c, &v)| ((c >> shift) & 0x0F) as i32 * v as i32).sum();
+            let isum: i32 = qa.iter().enumerate().map(|(j, &v)| L::code(bytes, j0 + j) as i32 * v as i32).sum();
             acc += isum as f32 * d[blk];
         }
         y += (acc + a.centred_residual(tok, grp)) * scales[grp].to_f32() + mins[grp].to_f32() * a.group_sum(tok, grp);

@@ -1,5 +1,6 @@
-//! INT4: asymmetric group-wise 4-bit weights. Owns the layout (the borrowed view that
-//! validates it, the owned result of quantizing, packing and unpacking) and dequantization.
+//! INT4: asymmetric group-wise 4-bit weights. Owns the nibble packing (`Nibbles`; the view,
+//! owned matrix and dequantization are `crate::grouped`'s, shared with INT3), and the
+//! quantizers, references and kernels INT3 reuses with its own packing.
 //!
 //! A matrix is N output rows of K inputs (y = W x). `K % 64 == 0`; the group size g is a
 //! multiple of 32 dividing K.
@@ -10,9 +11,9 @@
 //! - scales, mins: N*K/g f16 each, row-major (group index fastest).
 //! - w = scale * q + min, q in 0..=15. Bits per weight: 4 + 32/g.
 
-mod gptq;
-mod kernel;
-mod quant;
+pub(crate) mod gptq;
+pub(crate) mod kernel;
+pub(crate) mod quant;
 mod reference;
 
 pub use gptq::{quantize_gptq, GptqFactor};
@@ -22,188 +23,58 @@ pub(crate) use kernel::matmul_with;
 pub use quant::{quantize, quantize_minmax, quantize_with_error};
 pub use reference::{matmul_ref, matmul_ref_q8};
 
-use crate::error::{checked_len, ShapeError};
-use half::f16;
+pub use crate::grouped::{dequantize, dequantize_row};
 
-/// A borrowed INT4 matrix (for example slices of an mmapped file). Only `new` builds one,
-/// so every view's slices fit its shape; the kernels rely on that.
-#[derive(Clone, Copy, Debug)]
-pub struct Int4Matrix<'a> {
-    codes: &'a [u8],
-    scales: &'a [f16],
-    mins: &'a [f16],
-    n: usize,
-    k: usize,
-    g: usize,
-}
+use crate::grouped::{GroupedMatrix, GroupedOwned, Layout};
 
-impl<'a> Int4Matrix<'a> {
-    /// Checks the slices against the shape: `k` a positive multiple of 64, `g` a positive
-    /// multiple of 32 dividing `k`, `codes.len() == n*k/2`, `scales.len() == mins.len() ==
-    /// n*k/g`.
-    pub fn new(
-        codes: &'a [u8],
-        scales: &'a [f16],
-        mins: &'a [f16],
-        n: usize,
-        k: usize,
-        g: usize,
-    ) -> Result<Self, ShapeError> {
-        check_shape(k, g)?;
-        let want_codes = checked_len(n, k / 2, "int4 codes")?;
-        let want_groups = checked_len(n, k / g, "int4 groups")?;
-        if codes.len() != want_codes {
-            return Err(ShapeError::new(format!(
-                "int4 codes: {} bytes, expected n*k/2 = {n}*{k}/2 = {want_codes}",
-                codes.len()
-            )));
+/// The INT4 packing of a 64-input block (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nibbles;
+
+impl Layout for Nibbles {
+    const NAME: &'static str = "int4";
+    const MATMUL: &'static str = "int4 matmul";
+    const QMAX: u8 = 15;
+    const BLOCK_BYTES: usize = 32;
+    const CENTER: f32 = crate::act::CODE_CENTER;
+
+    fn pack_block(q: &[u8], out: &mut [u8]) {
+        for j in 0..32 {
+            out[j] = q[j] | (q[32 + j] << 4);
         }
-        for (what, len) in [("scales", scales.len()), ("mins", mins.len())] {
-            if len != want_groups {
-                return Err(ShapeError::new(format!(
-                    "int4 {what}: {len} values, expected n*k/g = {n}*{k}/{g} = {want_groups}"
-                )));
-            }
-        }
-        Ok(Self { codes, scales, mins, n, k, g })
     }
 
-    pub fn n(&self) -> usize {
-        self.n
-    }
-    pub fn k(&self) -> usize {
-        self.k
-    }
-    pub fn g(&self) -> usize {
-        self.g
-    }
-    pub fn codes(&self) -> &'a [u8] {
-        self.codes
-    }
-    pub fn scales(&self) -> &'a [f16] {
-        self.scales
-    }
-    pub fn mins(&self) -> &'a [f16] {
-        self.mins
-    }
-    /// Bytes a matmul reads: codes, scales and mins.
-    pub fn bytes(&self) -> usize {
-        self.codes.len() + 2 * (self.scales.len() + self.mins.len())
-    }
-    /// Storage cost of the scheme at group size `g`.
-    pub fn bits_per_weight(g: usize) -> f64 {
-        4.0 + 32.0 / g as f64
-    }
-
-    /// Code of input `c` in row `r` (the layout's definition, used by the references).
     #[inline]
-    pub(crate) fn code(&self, r: usize, c: usize) -> u8 {
-        let byte = self.codes[r * self.k / 2 + (c / 64) * 32 + c % 32];
-        if c % 64 < 32 {
-            byte & 0x0F
+    fn code(block: &[u8], j: usize) -> u8 {
+        if j < 32 {
+            block[j] & 0x0F
         } else {
-            byte >> 4
+            block[j - 32] >> 4
         }
     }
 }
 
-pub(crate) fn check_shape(k: usize, g: usize) -> Result<(), ShapeError> {
-    if k == 0 || k % 64 != 0 {
-        return Err(ShapeError::new(format!("int4: k = {k} must be a positive multiple of 64")));
-    }
-    if g == 0 || g % 32 != 0 || k % g != 0 {
-        return Err(ShapeError::new(format!(
-            "int4: group size g = {g} must be a positive multiple of 32 dividing k = {k}"
-        )));
-    }
-    Ok(())
+/// An INT4 matrix with its parameters on 8-bit grids (`crate::params8`): 4.25 + 32/K bits
+/// per weight at g = 64.
+pub type Int4Quantized = crate::params8::Stored<Nibbles>;
+
+/// `quantize` with the parameters on 8-bit grids.
+pub fn quantize_p8(w: &[f32], n: usize, k: usize, g: usize, importance: Option<&[f32]>) -> Int4Quantized {
+    crate::params8::quantize::<Nibbles>(w, n, k, g, importance, crate::fit::Search::Clip).0
 }
 
-/// A quantized matrix owning its storage (what the quantizer returns and a converter
-/// writes). Its parts always fit its shape.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Int4Owned {
-    codes: Vec<u8>,
-    scales: Vec<f16>,
-    mins: Vec<f16>,
-    n: usize,
-    k: usize,
-    g: usize,
+/// `quantize_gptq` with the parameters on 8-bit grids.
+pub fn quantize_gptq_p8(w: &[f32], n: usize, k: usize, g: usize, factor: &GptqFactor) -> Int4Quantized {
+    crate::params8::quantize_gptq::<Nibbles>(w, n, k, g, factor)
 }
 
-impl Int4Owned {
-    /// Takes ownership of parts, with `Int4Matrix::new`'s checks.
-    pub fn from_parts(
-        codes: Vec<u8>,
-        scales: Vec<f16>,
-        mins: Vec<f16>,
-        n: usize,
-        k: usize,
-        g: usize,
-    ) -> Result<Self, ShapeError> {
-        Int4Matrix::new(&codes, &scales, &mins, n, k, g)?;
-        Ok(Self { codes, scales, mins, n, k, g })
-    }
-
-    pub fn view(&self) -> Int4Matrix<'_> {
-        let Self { n, k, g, .. } = *self;
-        Int4Matrix { codes: &self.codes, scales: &self.scales, mins: &self.mins, n, k, g }
-    }
-
-    pub fn codes(&self) -> &[u8] {
-        &self.codes
-    }
-    pub fn scales(&self) -> &[f16] {
-        &self.scales
-    }
-    pub fn mins(&self) -> &[f16] {
-        &self.mins
-    }
-    pub fn into_parts(self) -> (Vec<u8>, Vec<f16>, Vec<f16>) {
-        (self.codes, self.scales, self.mins)
-    }
-}
+/// A borrowed INT4 matrix (for example slices of an mmapped file).
+pub type Int4Matrix<'a> = GroupedMatrix<'a, Nibbles>;
+/// An INT4 matrix owning its storage.
+pub type Int4Owned = GroupedOwned<Nibbles>;
 
 /// Packs one row's K codes (each 0..=15) into K/2 bytes of the layout above.
+#[cfg(test)]
 pub(crate) fn pack_row(q: &[u8], out: &mut [u8]) {
-    for (qb, ob) in q.chunks_exact(64).zip(out.chunks_exact_mut(32)) {
-        for j in 0..32 {
-            ob[j] = qb[j] | (qb[32 + j] << 4);
-        }
-    }
-}
-
-/// The dequantized weight; every path (dequantize, references, the quantizer's error)
-/// uses this exact f32 expression.
-#[inline(always)]
-pub(crate) fn dequant(scale: f32, min: f32, q: u8) -> f32 {
-    scale * q as f32 + min
-}
-
-/// Row `r` of `w` as f32 into `out` (length k); for example an embedding lookup.
-///
-/// Panics if `r >= w.n()` or `out.len() != w.k()`.
-pub fn dequantize_row(w: &Int4Matrix, r: usize, out: &mut [f32]) {
-    assert!(r < w.n, "int4 dequantize_row: row {r} of {}", w.n);
-    assert_eq!(out.len(), w.k, "int4 dequantize_row: out length");
-    let ng = w.k / w.g;
-    let codes = &w.codes[r * w.k / 2..(r + 1) * w.k / 2];
-    for (b, (ob, cb)) in out.chunks_exact_mut(64).zip(codes.chunks_exact(32)).enumerate() {
-        for j in 0..64 {
-            let c = b * 64 + j;
-            let gi = r * ng + c / w.g;
-            let (s, m) = (w.scales[gi].to_f32(), w.mins[gi].to_f32());
-            let q = if j < 32 { cb[j] & 0x0F } else { cb[j - 32] >> 4 };
-            ob[j] = dequant(s, m, q);
-        }
-    }
-}
-
-/// The whole matrix as f32, n x k row-major: the scalar definition of the layout.
-pub fn dequantize(w: &Int4Matrix) -> Vec<f32> {
-    let mut out = vec![0.0; w.n * w.k];
-    for (r, row) in out.chunks_exact_mut(w.k).enumerate() {
-        dequantize_row(w, r, row);
-    }
-    out
+    crate::grouped::pack_row::<Nibbles>(q, out)
 }

@@ -1,11 +1,13 @@
 //! The INT4 quantizer: per group, a clipping search for the (scale, min) that minimises the
 //! importance-weighted squared error. Each candidate range gives codes, their weighted
 //! least-squares (scale, min) is rounded to the f16 values that would be stored, and the
-//! winner's codes are recomputed for exactly those values (see `fit_group`).
+//! winner's codes are recomputed for exactly those values (see `fit_group`). The search is
+//! written for any code width: INT3 (`crate::int3`) runs the same one with codes 0..=7.
 
-use super::{check_shape, dequant, pack_row, Int4Owned};
+use super::{Int4Owned, Nibbles};
+use crate::grouped::{check_shape, dequant, pack_row, GroupedOwned, Layout};
 use crate::act::ROUND_MAGIC;
-use crate::fit::{weights_or_ones, Search};
+use crate::fit::{weights_or_ones, Params, Search};
 use half::f16;
 use rayon::prelude::*;
 
@@ -34,7 +36,7 @@ pub fn quantize_with_error(
     g: usize,
     importance: Option<&[f32]>,
 ) -> (Int4Owned, f64) {
-    quantize_impl(w, n, k, g, importance, Search::Clip)
+    quantize_grouped::<Nibbles>(w, n, k, g, importance, Search::Clip, None)
 }
 
 /// Plain min/max rounding (scale = range/15, min = min, f16-rounded, codes recomputed):
@@ -47,62 +49,68 @@ pub fn quantize_minmax(
     g: usize,
     importance: Option<&[f32]>,
 ) -> (Int4Owned, f64) {
-    quantize_impl(w, n, k, g, importance, Search::MinMax)
+    quantize_grouped::<Nibbles>(w, n, k, g, importance, Search::MinMax, None)
 }
 
-fn quantize_impl(
+/// The quantizer of any grouped layout (INT4, INT3): `quantize_with_error`'s contract, with
+/// each row's parameters on the 8-bit grids `grids[row]` (ds, dm) when given, else f16.
+pub(crate) fn quantize_grouped<L: Layout>(
     w: &[f32],
     n: usize,
     k: usize,
     g: usize,
     importance: Option<&[f32]>,
     search: Search,
-) -> (Int4Owned, f64) {
-    if let Err(e) = check_shape(k, g) {
-        panic!("int4 quantize: {e}");
+    grids: Option<&[[f32; 2]]>,
+) -> (GroupedOwned<L>, f64) {
+    if let Err(e) = check_shape::<L>(k, g) {
+        panic!("{} quantize: {e}", L::NAME);
     }
-    assert_eq!(w.len(), n * k, "int4 quantize: w has {} values, n*k = {}", w.len(), n * k);
+    assert_eq!(w.len(), n * k, "{} quantize: w has {} values, n*k = {}", L::NAME, w.len(), n * k);
     let h = weights_or_ones(importance, k);
     let ng = k / g;
-    let mut codes = vec![0u8; n * k / 2];
+    let rb = crate::grouped::row_bytes::<L>(k);
+    let mut codes = vec![0u8; n * rb];
     let mut scales = vec![f16::ZERO; n * ng];
     let mut mins = vec![f16::ZERO; n * ng];
     let mut errs = vec![0.0f64; n];
 
-    let rows = codes.par_chunks_mut(k / 2).zip(scales.par_chunks_mut(ng));
-    let rows = rows.zip(mins.par_chunks_mut(ng)).zip(w.par_chunks(k)).zip(errs.par_iter_mut());
+    let rows = codes.par_chunks_mut(rb).zip(scales.par_chunks_mut(ng));
+    let rows = rows.zip(mins.par_chunks_mut(ng)).zip(w.par_chunks(k)).zip(errs.par_iter_mut()).enumerate();
     rows.for_each_init(
         || vec![0u8; k],
-        |q, ((((codes, scales), mins), w), err)| {
+        |q, (r, ((((codes, scales), mins), w), err))| {
             *err = 0.0;
+            let params = grids.map_or(Params::F16, |gr| Params::Grid { ds: gr[r][0], dm: gr[r][1] });
             for gi in 0..ng {
                 let span = gi * g..(gi + 1) * g;
-                let fit = fit_group(&w[span.clone()], &h[span.clone()], search, &mut q[span]);
+                let fit = fit_group(&w[span.clone()], &h[span.clone()], search, L::QMAX, params, &mut q[span]);
                 (scales[gi], mins[gi]) = (fit.scale, fit.min);
                 *err += fit.err;
             }
-            pack_row(q, codes);
+            pack_row::<L>(q, codes);
         },
     );
     // Summed in row order so the result does not depend on how rayon split the rows.
     let err = errs.iter().sum();
-    (Int4Owned { codes, scales, mins, n, k, g }, err)
+    (GroupedOwned::from_fitting_parts(codes, scales, mins, n, k, g), err)
 }
 
-pub(super) struct Fit {
-    pub(super) scale: f16,
-    pub(super) min: f16,
-    pub(super) err: f64,
+pub(crate) struct Fit {
+    pub(crate) scale: f16,
+    pub(crate) min: f16,
+    pub(crate) err: f64,
 }
 
-/// Chooses one group's stored (scale, min), writes its codes into `q`, and returns the
-/// weighted error measured with exactly the stored values.
+/// Chooses one group's stored (scale, min) for codes 0..=`qmax`, writes its codes into `q`,
+/// and returns the weighted error measured with exactly the stored values.
 ///
 /// Each candidate costs one pass: its codes give the weighted least-squares (scale, min),
 /// rounded to f16, whose error for those same codes follows from the pass's sums. That
 /// error bounds the error once codes are recomputed for the rounded values (nearest codes
 /// only lower it), so candidates are compared by it; the final pass recomputes the codes.
-pub(super) fn fit_group(w: &[f32], h: &[f32], search: Search, q: &mut [u8]) -> Fit {
+pub(crate) fn fit_group(w: &[f32], h: &[f32], search: Search, qmax: u8, params: Params, q: &mut [u8]) -> Fit {
+    let qm = qmax as f32;
     let ones;
     let h = if h.iter().sum::<f32>() > 0.0 {
         h
@@ -115,11 +123,11 @@ pub(super) fn fit_group(w: &[f32], h: &[f32], search: Search, q: &mut [u8]) -> F
     let range = hi - lo;
 
     // Plain min/max rounding, measured exactly: the search only ever improves on it.
-    let mut best = Candidate::rounded(w, h, range / 15.0, lo);
+    let mut best = Candidate::rounded(w, h, range / qm, lo, qm, params);
     if search == Search::Clip && range > 0.0 {
         for &a in &SHRINK {
             for &b in &SHRINK {
-                let c = Candidate::fitted(w, h, (range * (1.0 - a - b)) / 15.0, lo + a * range);
+                let c = Candidate::fitted(w, h, (range * (1.0 - a - b)) / qm, lo + a * range, qm, params);
                 if c.err < best.err {
                     best = c;
                 }
@@ -127,7 +135,7 @@ pub(super) fn fit_group(w: &[f32], h: &[f32], search: Search, q: &mut [u8]) -> F
         }
         // Refit from the winner's own codes.
         for _ in 0..REFINE {
-            let c = Candidate::fitted(w, h, best.scale.to_f32(), best.min.to_f32());
+            let c = Candidate::fitted(w, h, best.scale.to_f32(), best.min.to_f32(), qm, params);
             if c.err >= best.err {
                 break;
             }
@@ -138,7 +146,7 @@ pub(super) fn fit_group(w: &[f32], h: &[f32], search: Search, q: &mut [u8]) -> F
     let inv = inverse(s);
     let mut err = 0.0f64;
     for ((qv, &wv), &hv) in q.iter_mut().zip(w).zip(h) {
-        *qv = code(wv, m, inv) as u8;
+        *qv = code(wv, m, inv, qm) as u8;
         let e = (wv - dequant(s, m, *qv)) as f64;
         err += hv as f64 * e * e;
     }
@@ -154,14 +162,14 @@ struct Candidate {
 
 impl Candidate {
     /// (s, m) rounded, with the exact error of codes recomputed for the rounded values.
-    fn rounded(w: &[f32], h: &[f32], s: f32, m: f32) -> Self {
-        let (scale, min) = (f16::from_f32(s.max(0.0)), f16::from_f32(m));
+    fn rounded(w: &[f32], h: &[f32], s: f32, m: f32, qm: f32, params: Params) -> Self {
+        let (scale, min) = params.round(s.max(0.0), m);
         let (sf, mf) = (scale.to_f32(), min.to_f32());
         let inv = inverse(sf);
         let mut acc = [0.0f32; 8];
         for (wc, hc) in w.chunks_exact(8).zip(h.chunks_exact(8)) {
             for l in 0..8 {
-                let e = wc[l] - (sf * code(wc[l], mf, inv) + mf);
+                let e = wc[l] - (sf * code(wc[l], mf, inv, qm) + mf);
                 acc[l] += hc[l] * e * e;
             }
         }
@@ -170,13 +178,13 @@ impl Candidate {
 
     /// The codes of (s, m), their weighted least-squares (scale, min) rounded to f16, and
     /// the error of those codes under the rounded values (from the pass's sums).
-    fn fitted(w: &[f32], h: &[f32], s: f32, m: f32) -> Self {
+    fn fitted(w: &[f32], h: &[f32], s: f32, m: f32, qm: f32, params: Params) -> Self {
         let inv = inverse(s);
         let mut a = [[0.0f32; 8]; 6];
         for (wc, hc) in w.chunks_exact(8).zip(h.chunks_exact(8)) {
             for l in 0..8 {
                 let (x, hv) = (wc[l], hc[l]);
-                let q = code(x, m, inv);
+                let q = code(x, m, inv, qm);
                 let (hq, hx) = (hv * q, hv * x);
                 a[0][l] += hv;
                 a[1][l] += hq;
@@ -195,7 +203,7 @@ impl Candidate {
                 (fs, fm) = (ls, lm);
             }
         }
-        let (scale, min) = (f16::from_f32(fs as f32), f16::from_f32(fm as f32));
+        let (scale, min) = params.round(fs as f32, fm as f32);
         let (s, m) = (scale.to_f32() as f64, min.to_f32() as f64);
         // Σh(w - s q - m)² expanded over the sums.
         let err = sww - 2.0 * s * sqw - 2.0 * m * sw + s * s * s2 + 2.0 * s * m * s1 + m * m * s0;
@@ -210,7 +218,7 @@ impl Candidate {
 
 /// 1/s, or 0 for a zero scale (every code then rounds to 0: w ≈ min).
 #[inline(always)]
-pub(super) fn inverse(s: f32) -> f32 {
+pub(crate) fn inverse(s: f32) -> f32 {
     if s > 0.0 {
         1.0 / s
     } else {
@@ -218,15 +226,15 @@ pub(super) fn inverse(s: f32) -> f32 {
     }
 }
 
-/// The nearest code (0..=15, as f32) of `w` for (min `m`, 1/scale `inv`). All f32 (ties
+/// The nearest code (0..=`qm`, as f32) of `w` for (min `m`, 1/scale `inv`). All f32 (ties
 /// round to even by the magic-number trick, the selects become min/max), so the passes
 /// vectorize; an f32 -> int cast here would not.
 #[inline(always)]
-pub(super) fn code(w: f32, m: f32, inv: f32) -> f32 {
+pub(crate) fn code(w: f32, m: f32, inv: f32, qm: f32) -> f32 {
     let x = ((w - m) * inv + ROUND_MAGIC) - ROUND_MAGIC;
     let x = if x < 0.0 { 0.0 } else { x };
-    if x > 15.0 {
-        15.0
+    if x > qm {
+        qm
     } else {
         x
     }

@@ -1,17 +1,18 @@
-//! Scalar references for the INT4 matmul: the exact product (dequantized W times x, summed
-//! in f64) and the activation-quantized product the kernels compute, spelled out plainly.
+//! Scalar references for the grouped matmuls (INT4, and INT3 through the same functions):
+//! the exact product (dequantized W times x, summed in f64) and the activation-quantized
+//! product the kernels compute, spelled out plainly.
 
-use super::{dequantize_row, Int4Matrix};
 use crate::act::ActQ8;
+use crate::grouped::{dequantize_row, GroupedMatrix, Layout};
 use crate::isa::Isa;
 use crate::matmul::check_io;
 
 /// out[tok*N + r] = Σ_c dequant(W)[r, c] · x[tok*K + c], in f64: the ground truth.
 ///
 /// Panics if `x.len() != t*K` or `out.len() != t*N`.
-pub fn matmul_ref(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+pub fn matmul_ref<L: Layout>(w: &GroupedMatrix<L>, x: &[f32], t: usize, out: &mut [f32]) {
     let (n, k) = (w.n(), w.k());
-    check_io("int4 matmul_ref", n, k, x, t, out);
+    check_io(&format!("{} matmul_ref", L::NAME), n, k, x, t, out);
     let mut row = vec![0.0f32; k];
     for r in 0..n {
         dequantize_row(w, r, &mut row);
@@ -24,16 +25,16 @@ pub fn matmul_ref(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
 
 /// What the kernels compute, in f64 from the scalar activation quantizer: the sum over
 /// groups of scale · (Σ_blocks d_blk · (integer dot of codes and int8 activations) +
-/// 7.5 · Σ(x - x̂)) plus min · Σx, where x̂ = d_blk · (int8 code); the residual term
-/// centres the codes (see `act::CODE_CENTER`). The kernels differ from it only by f32
-/// rounding.
+/// c · Σ(x - x̂)) plus min · Σx, where x̂ = d_blk · (int8 code) and c the middle of the
+/// code range (7.5 for INT4, 3.5 for INT3); the residual term centres the codes (see
+/// `act::CODE_CENTER`). The kernels differ from it only by f32 rounding.
 ///
 /// Panics if `x.len() != t*K` or `out.len() != t*N`.
-pub fn matmul_ref_q8(w: &Int4Matrix, x: &[f32], t: usize, out: &mut [f32]) {
+pub fn matmul_ref_q8<L: Layout>(w: &GroupedMatrix<L>, x: &[f32], t: usize, out: &mut [f32]) {
     let (n, k, g) = (w.n(), w.k(), w.g());
-    check_io("int4 matmul_ref_q8", n, k, x, t, out);
+    check_io(&format!("{} matmul_ref_q8", L::NAME), n, k, x, t, out);
     let mut a = ActQ8::default();
-    a.quantize(Isa::Scalar, x, t, k, g);
+    a.quantize_centred(Isa::Scalar, x, t, k, g, L::CENTER);
     let ng = k / g;
     for r in 0..n {
         for tok in 0..t {

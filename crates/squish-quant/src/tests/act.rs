@@ -16,7 +16,7 @@ fn codes_scales_and_sums() {
     x[33..37].copy_from_slice(&[0.5, 1.5, 2.5, -0.5]);
     let (mut q, mut d) = (vec![0i8; k], vec![0.0f32; k / 32]);
     let (mut sx, mut rc) = (vec![0.0f32; k / g], vec![0.0f32; k / g]);
-    quantize_token_scalar(&x, g, TokenOut { q: &mut q, d: &mut d, sx: &mut sx, rc: &mut rc });
+    quantize_token_scalar(&x, g, TokenOut { q: &mut q, d: &mut d, sx: &mut sx, rc: &mut rc, center: CODE_CENTER });
     assert_eq!(d[0], 0.0);
     assert!(q[..32].iter().all(|&v| v == 0));
     assert_eq!(&q[32..37], &[127, 0, 2, 2, 0]);

@@ -4,7 +4,8 @@
 //! thread count.
 
 use super::util::{on_pool, Rng};
-use crate::act::{ActQ8, CODE_CENTER};
+use crate::act::ActQ8;
+use crate::grouped::{GroupedMatrix, Layout};
 use crate::isa::{available, Isa};
 use crate::{int4, int8, Int4Matrix, Int8Matrix};
 
@@ -15,7 +16,7 @@ const TS: [usize; 4] = [1, 2, 7, 64];
 
 /// The kernel paths this machine can run (scalar, then AVX2, AVX-VNNI, AVX512-VNNI as the
 /// CPU has them; paths it lacks are skipped).
-fn isas() -> Vec<Isa> {
+pub(super) fn isas() -> Vec<Isa> {
     available()
 }
 
@@ -30,7 +31,7 @@ fn mm8(isa: Isa, w: &Int8Matrix, x: &[f32], t: usize, out: &mut [f32]) {
 
 /// Every shape of the grid, but the largest products only with few tokens (the f64
 /// references are slow).
-fn shapes() -> impl Iterator<Item = (usize, usize, usize, usize)> {
+pub(super) fn shapes() -> impl Iterator<Item = (usize, usize, usize, usize)> {
     NS.into_iter().flat_map(|n| {
         KS.into_iter().flat_map(move |k| {
             GS.into_iter().filter(move |g| k % g == 0).flat_map(move |g| {
@@ -41,7 +42,7 @@ fn shapes() -> impl Iterator<Item = (usize, usize, usize, usize)> {
 }
 
 /// Σ_c |W[r,c] x[tok,c]| per output: the scale of its rounding error.
-fn abs_dots(wd: &[f32], x: &[f32], n: usize, k: usize, t: usize) -> Vec<f64> {
+pub(super) fn abs_dots(wd: &[f32], x: &[f32], n: usize, k: usize, t: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * t];
     for tok in 0..t {
         for r in 0..n {
@@ -67,19 +68,19 @@ fn int4_case(n: usize, k: usize, g: usize, t: usize, seed: u64) -> (int4::Int4Ow
 }
 
 /// Bound on |exact - activation-quantized| per output: each input is off by at most half
-/// its block's scale, times |scale · (q - 7.5)| (the min term uses exact sums, and the
-/// residual term turns q into q - CODE_CENTER).
-fn act_quant_bound(w: &Int4Matrix, x: &[f32], t: usize) -> Vec<f64> {
+/// its block's scale, times |scale · (q - c)| (the min term uses exact sums, and the
+/// residual term turns q into q - c, c the middle of the code range: 7.5 for INT4).
+pub(super) fn act_quant_bound<L: Layout>(w: &GroupedMatrix<L>, x: &[f32], t: usize) -> Vec<f64> {
     let (n, k, g) = (w.n(), w.k(), w.g());
     let mut a = ActQ8::default();
-    a.quantize(Isa::Scalar, x, t, k, g);
+    a.quantize_centred(Isa::Scalar, x, t, k, g, L::CENTER);
     let mut out = vec![0.0; n * t];
     for tok in 0..t {
         for r in 0..n {
             out[tok * n + r] = (0..k)
                 .map(|c| {
                     let s = w.scales()[r * (k / g) + c / g].to_f32() as f64;
-                    let q = w.code(r, c) as f64 - CODE_CENTER as f64;
+                    let q = w.code(r, c) as f64 - L::CENTER as f64;
                     (s * q).abs() * a.scale(tok, c / 32) as f64 * 0.5
                 })
                 .sum::<f64>();
@@ -152,7 +153,7 @@ fn int8_kernels_match_the_reference() {
 
 /// Whether `isa` runs calls of `t` tokens on the prefill kernel (`x86::int4_gemm`), whose
 /// float summation order differs from the other kernels' in the last bits.
-fn int4_gemm(isa: Isa, t: usize) -> bool {
+pub(super) fn int4_gemm(isa: Isa, t: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return isa == Isa::Avx512Vnni && t >= crate::x86::int4_gemm::GEMM_MIN_T;
     #[cfg(not(target_arch = "x86_64"))]

@@ -2,14 +2,14 @@
 //! bit (same max, same f32 scale and inverse, same ties-to-even rounding); the group sums
 //! and residuals may differ from the scalar ones in the last bits (summation order).
 
-use crate::act::{block_scale, TokenOut, CODE_CENTER};
+use crate::act::{block_scale, TokenOut};
 use core::arch::x86_64::*;
 
 /// SAFETY: avx2 present; `x.len() == out.q.len() == k` with k % 32 == 0,
 /// `out.d.len() == k/32`, `out.sx.len() == out.rc.len() == k/g`, g % 32 == 0.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn quantize_token(x: &[f32], g: usize, out: TokenOut) {
-    let TokenOut { q, d, sx, rc } = out;
+    let TokenOut { q, d, sx, rc, center } = out;
     let bpg = g / 32;
     let nb = x.len() / 32;
     assert!(q.len() == x.len() && d.len() == nb && sx.len() == nb / bpg && rc.len() == nb / bpg);
@@ -45,7 +45,7 @@ pub(crate) unsafe fn quantize_token(x: &[f32], g: usize, out: TokenOut) {
         let r01 = _mm256_add_ps(residual(v0, i0, dv), residual(v1, i1, dv));
         let res = _mm256_add_ps(r01, _mm256_add_ps(residual(v2, i2, dv), residual(v3, i3, dv)));
         sx[b / bpg] += super::hsum(s);
-        rc[b / bpg] += CODE_CENTER * super::hsum(res);
+        rc[b / bpg] += center * super::hsum(res);
     }
 }
 

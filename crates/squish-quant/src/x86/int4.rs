@@ -11,11 +11,32 @@
 //! `scale · 7.5 · Σ(x - x̂)` (see `act::CODE_CENTER`) run across rows or tokens. Every
 //! (row, token) goes through the same operations in the same order whatever the tile, so
 //! results do not depend on batch size or thread count.
+//!
+//! The kernel is generic over the code packing (`Unpack`): INT4's nibbles here, INT3's
+//! bit planes in `x86::int3`; everything but turning a 64-input block's bytes into two
+//! vectors of 32 codes is shared.
 
 use super::hsum;
 use crate::act::ActQ8;
-use crate::int4::Int4Matrix;
+use crate::grouped::{GroupedMatrix, Layout};
+use crate::int4::Nibbles;
 use core::arch::x86_64::*;
+
+/// A layout's codes as vectors.
+pub(crate) trait Unpack: Layout {
+    /// The 64 codes of the packed block at `p` (BLOCK_BYTES readable) as u8 lanes: inputs
+    /// 0..32 and 32..64. SAFETY: avx2 present (inlined into the kernels' entries).
+    unsafe fn unpack(p: *const u8) -> (__m256i, __m256i);
+}
+
+impl Unpack for Nibbles {
+    #[inline(always)]
+    unsafe fn unpack(p: *const u8) -> (__m256i, __m256i) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let v = _mm256_loadu_si256(p.cast());
+        (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask))
+    }
+}
 
 /// Rows ahead whose codes, scales and mins decode tiles prefetch (two 8-row tiles, ~4.6 KB
 /// at K = 576): one core's hardware prefetch alone left half the bandwidth unused.
@@ -27,6 +48,8 @@ const CHUNK: usize = 64;
 /// Shapes and base pointers shared by a task's tiles (divisions done once).
 pub(crate) struct Ctx {
     k: usize,
+    /// Bytes of a row's codes.
+    rb: usize,
     ng: usize,
     nb: usize,
     bpg: usize,
@@ -49,7 +72,7 @@ pub(crate) trait Dot {
 
     /// `put` for the edge tiles, kept out of line so only the two main tiles are inlined
     /// (compiled with the implementation's target features).
-    unsafe fn put_cold<const R: usize, const T: usize>(
+    unsafe fn put_cold<L: Unpack, const R: usize, const T: usize>(
         c: &Ctx,
         r0: usize,
         t0: usize,
@@ -80,7 +103,7 @@ impl Dot for Avx2 {
     }
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline(never)]
-    unsafe fn put_cold<const R: usize, const T: usize>(
+    unsafe fn put_cold<L: Unpack, const R: usize, const T: usize>(
         c: &Ctx,
         r0: usize,
         t0: usize,
@@ -88,7 +111,7 @@ impl Dot for Avx2 {
         ro: usize,
         to: usize,
     ) {
-        put::<Self, R, T>(c, r0, t0, outs, ro, to);
+        put::<Self, L, R, T>(c, r0, t0, outs, ro, to);
     }
 }
 
@@ -100,7 +123,7 @@ impl Dot for AvxVnni {
     }
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     #[inline(never)]
-    unsafe fn put_cold<const R: usize, const T: usize>(
+    unsafe fn put_cold<L: Unpack, const R: usize, const T: usize>(
         c: &Ctx,
         r0: usize,
         t0: usize,
@@ -108,7 +131,7 @@ impl Dot for AvxVnni {
         ro: usize,
         to: usize,
     ) {
-        put::<Self, R, T>(c, r0, t0, outs, ro, to);
+        put::<Self, L, R, T>(c, r0, t0, outs, ro, to);
     }
 }
 
@@ -120,7 +143,7 @@ impl Dot for Avx512Vnni {
     }
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     #[inline(never)]
-    unsafe fn put_cold<const R: usize, const T: usize>(
+    unsafe fn put_cold<L: Unpack, const R: usize, const T: usize>(
         c: &Ctx,
         r0: usize,
         t0: usize,
@@ -128,27 +151,40 @@ impl Dot for Avx512Vnni {
         ro: usize,
         to: usize,
     ) {
-        put::<Self, R, T>(c, r0, t0, outs, ro, to);
+        put::<Self, L, R, T>(c, r0, t0, outs, ro, to);
     }
 }
 
 /// `task` on the AVX2 dot. SAFETY: avx2, fma and f16c present; see `task`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn task_avx2(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
-    task::<Avx2>(w, a, r0, t0, outs)
+pub(crate) unsafe fn task_avx2<L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<Avx2, L>(w, a, r0, t0, outs)
 }
 
 /// `task` on the AVX-VNNI dot. SAFETY: avx2, fma, f16c and avxvnni present; see `task`.
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub(crate) unsafe fn task_avxvnni(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
-    task::<AvxVnni>(w, a, r0, t0, outs)
+pub(crate) unsafe fn task_avxvnni<L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<AvxVnni, L>(w, a, r0, t0, outs)
 }
 
 /// `task` on the AVX512-VNNI dot. SAFETY: avx2, fma, f16c, avx512vnni and avx512vl
 /// present; see `task`.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub(crate) unsafe fn task_avx512vnni(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
-    task::<Avx512Vnni>(w, a, r0, t0, outs)
+pub(crate) unsafe fn task_avx512vnni<L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<Avx512Vnni, L>(w, a, r0, t0, outs)
+}
+
+/// `task` on the AVX-VNNI dot with GFNI (for layouts whose `Unpack` uses it). SAFETY: as
+/// `task_avxvnni`, and gfni present.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni,gfni")]
+pub(crate) unsafe fn task_avxvnni_gfni<L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<AvxVnni, L>(w, a, r0, t0, outs)
+}
+
+/// `task` on the AVX512-VNNI dot with GFNI. SAFETY: as `task_avx512vnni`, and gfni present.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,gfni")]
+pub(crate) unsafe fn task_avx512vnni_gfni<L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+    task::<Avx512Vnni, L>(w, a, r0, t0, outs)
 }
 
 /// Fills `outs[i][j]` with W x for row r0 + j and token t0 + i (see `matmul::run`).
@@ -157,7 +193,7 @@ pub(crate) unsafe fn task_avx512vnni(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: u
 /// bound the pointer arithmetic relies on (with `Int4Matrix::new`'s guarantee that its
 /// slices fit n, k, g).
 #[inline(always)]
-unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+unsafe fn task<D: Dot, L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let (rows, toks) = (outs[0].len(), outs.len());
     let (k, g) = (w.k(), w.g());
     let (ng, nb) = (k / g, k / 32);
@@ -171,6 +207,7 @@ unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &m
     assert!(toks == 1 || t0 % 8 == 0);
     let c = Ctx {
         k,
+        rb: w.row_bytes(),
         ng,
         nb,
         bpg: g / 32,
@@ -187,17 +224,17 @@ unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &m
     if toks == 1 {
         let mut r = 0;
         while r + 8 <= rows {
-            put::<D, 8, 1>(&c, r0, t0, outs, r, 0);
+            put::<D, L, 8, 1>(&c, r0, t0, outs, r, 0);
             r += 8;
         }
         match rows - r {
-            7 => D::put_cold::<7, 1>(&c, r0, t0, outs, r, 0),
-            6 => D::put_cold::<6, 1>(&c, r0, t0, outs, r, 0),
-            5 => D::put_cold::<5, 1>(&c, r0, t0, outs, r, 0),
-            4 => D::put_cold::<4, 1>(&c, r0, t0, outs, r, 0),
-            3 => D::put_cold::<3, 1>(&c, r0, t0, outs, r, 0),
-            2 => D::put_cold::<2, 1>(&c, r0, t0, outs, r, 0),
-            1 => D::put_cold::<1, 1>(&c, r0, t0, outs, r, 0),
+            7 => D::put_cold::<L, 7, 1>(&c, r0, t0, outs, r, 0),
+            6 => D::put_cold::<L, 6, 1>(&c, r0, t0, outs, r, 0),
+            5 => D::put_cold::<L, 5, 1>(&c, r0, t0, outs, r, 0),
+            4 => D::put_cold::<L, 4, 1>(&c, r0, t0, outs, r, 0),
+            3 => D::put_cold::<L, 3, 1>(&c, r0, t0, outs, r, 0),
+            2 => D::put_cold::<L, 2, 1>(&c, r0, t0, outs, r, 0),
+            1 => D::put_cold::<L, 1, 1>(&c, r0, t0, outs, r, 0),
             _ => {}
         }
     } else {
@@ -206,19 +243,19 @@ unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &m
         let mut t = 0;
         while t + 8 <= toks {
             for r in 0..rows {
-                put::<D, 1, 8>(&c, r0, t0, outs, r, t);
+                put::<D, L, 1, 8>(&c, r0, t0, outs, r, t);
             }
             t += 8;
         }
         for r in 0..rows {
             match toks - t {
-                7 => D::put_cold::<1, 7>(&c, r0, t0, outs, r, t),
-                6 => D::put_cold::<1, 6>(&c, r0, t0, outs, r, t),
-                5 => D::put_cold::<1, 5>(&c, r0, t0, outs, r, t),
-                4 => D::put_cold::<1, 4>(&c, r0, t0, outs, r, t),
-                3 => D::put_cold::<1, 3>(&c, r0, t0, outs, r, t),
-                2 => D::put_cold::<1, 2>(&c, r0, t0, outs, r, t),
-                1 => D::put_cold::<1, 1>(&c, r0, t0, outs, r, t),
+                7 => D::put_cold::<L, 1, 7>(&c, r0, t0, outs, r, t),
+                6 => D::put_cold::<L, 1, 6>(&c, r0, t0, outs, r, t),
+                5 => D::put_cold::<L, 1, 5>(&c, r0, t0, outs, r, t),
+                4 => D::put_cold::<L, 1, 4>(&c, r0, t0, outs, r, t),
+                3 => D::put_cold::<L, 1, 3>(&c, r0, t0, outs, r, t),
+                2 => D::put_cold::<L, 1, 2>(&c, r0, t0, outs, r, t),
+                1 => D::put_cold::<L, 1, 1>(&c, r0, t0, outs, r, t),
                 _ => {}
             }
         }
@@ -227,7 +264,7 @@ unsafe fn task<D: Dot>(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &m
 
 /// Computes the tile at (r0 + ro, t0 + to) and stores it into `outs`.
 #[inline(always)]
-unsafe fn put<D: Dot, const R: usize, const T: usize>(
+unsafe fn put<D: Dot, L: Unpack, const R: usize, const T: usize>(
     c: &Ctx,
     r0: usize,
     t0: usize,
@@ -235,7 +272,7 @@ unsafe fn put<D: Dot, const R: usize, const T: usize>(
     ro: usize,
     to: usize,
 ) {
-    let y = tile::<D, R, T>(c, r0 + ro, t0 + to);
+    let y = tile::<D, L, R, T>(c, r0 + ro, t0 + to);
     if T == 1 {
         let col: [f32; R] = core::array::from_fn(|r| y[r][0]);
         outs[to][ro..ro + R].copy_from_slice(&col);
@@ -248,11 +285,10 @@ unsafe fn put<D: Dot, const R: usize, const T: usize>(
 
 /// Rows r0..r0+R, tokens t0..t0+T, as [row][token]; R <= 8 and T = 1, or R = 1, T <= 8.
 #[inline(always)]
-unsafe fn tile<D: Dot, const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) -> [[f32; T]; R] {
-    let (k, hk) = (c.k, c.k / 2);
-    let codes = c.codes.add(r0 * hk);
+unsafe fn tile<D: Dot, L: Unpack, const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: usize) -> [[f32; T]; R] {
+    let (k, rb) = (c.k, c.rb);
+    let codes = c.codes.add(r0 * rb);
     let q = c.q.add(t0 * k);
-    let mask = _mm256_set1_epi8(0x0F);
 
     if T == 1 {
         // The next tile's scales and mins: R*ng f16 each, contiguous.
@@ -282,11 +318,9 @@ unsafe fn tile<D: Dot, const R: usize, const T: usize>(c: &Ctx, r0: usize, t0: u
             for r in 0..R {
                 if T == 1 && b % 4 == 0 {
                     // Prefetching past the matrix is harmless (no fault, no effect).
-                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((r + PREFETCH) * hk + blk * 16).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((r + PREFETCH) * rb + blk / 2 * L::BLOCK_BYTES).cast());
                 }
-                let v = _mm256_loadu_si256(codes.add(r * hk + blk * 16).cast());
-                let lo = _mm256_and_si256(v, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                let (lo, hi) = L::unpack(codes.add(r * rb + blk / 2 * L::BLOCK_BYTES));
                 for t in 0..T {
                     let lane = if T == 1 { r } else { t };
                     let x = q.add(t * k + blk * 32);

@@ -18,8 +18,13 @@
 //! on the batch or the thread count. It differs in the last bits from the 8-lane order of
 //! `x86::int4` (decode and calls under `GEMM_MIN_T` tokens); both are within the same
 //! tolerance of `matmul_ref_q8`.
+//!
+//! INT3 runs the same kernel: only the repack differs (its codes unpacked from the bit
+//! planes by `Unpack`), and its activations' residuals are centred on 3.5.
 
+use super::int4::Unpack;
 use crate::act::ActQ8;
+use crate::grouped::GroupedMatrix;
 use crate::int4::Int4Matrix;
 use core::arch::x86_64::*;
 use std::cell::Cell;
@@ -59,7 +64,7 @@ thread_local! {
 /// `isa` checks avx512f/bw with it). The asserts check the bounds the pointer arithmetic
 /// relies on (with `Int4Matrix::new`'s guarantee that its slices fit n, k, g).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
+pub(crate) unsafe fn task<L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     let (rows, toks) = (outs[0].len(), outs.len());
     let (k, g) = (w.k(), w.g());
     let (ng, nb) = (k / g, k / 32);
@@ -74,7 +79,10 @@ pub(crate) unsafe fn task(w: &Int4Matrix, a: &ActQ8, r0: usize, t0: usize, outs:
     let mut pack = PACK.with(Cell::take);
     let key = (a.call, r0, rows);
     if pack.key != Some(key) || pack.codes.len() != np * nb * 8 {
-        repack(w, r0, rows, &mut pack);
+        match Int4Matrix::new(w.codes(), w.scales(), w.mins(), w.n(), k, g) {
+            Ok(w4) if L::BLOCK_BYTES == 32 => repack(&w4, r0, rows, &mut pack),
+            _ => repack_unpacked(w, r0, rows, &mut pack),
+        }
         pack.key = Some(key);
     }
     let ctx = Ctx {
@@ -122,11 +130,11 @@ struct Ctx {
     rc: *const f32,
 }
 
-/// Rows r0..r0+rows of `w` into `pack` (codes as bytes, scales and mins as f32), zero
-/// past the last row.
+/// Sizes `pack` for rows r0..r0+rows of `w` and fills its scales and mins (f32, zero past
+/// the last row); the codes are left zero.
 #[inline(always)]
-unsafe fn repack(w: &Int4Matrix, r0: usize, rows: usize, pack: &mut Pack) {
-    let (hk, ng, nb) = (w.k() / 2, w.k() / w.g(), w.k() / 32);
+fn pack_params<L: Unpack>(w: &GroupedMatrix<L>, r0: usize, rows: usize, pack: &mut Pack) {
+    let (ng, nb) = (w.k() / w.g(), w.k() / 32);
     let np = rows.div_ceil(PANEL);
     pack.codes.clear();
     pack.codes.resize(np * nb * 8, Line([0; 64]));
@@ -142,6 +150,40 @@ unsafe fn repack(w: &Int4Matrix, r0: usize, rows: usize, pack: &mut Pack) {
             pack.mf[(p * ng + grp) * PANEL + l] = mins[(r0 + i) * ng + grp].to_f32();
         }
     }
+}
+
+/// Any layout's rows r0..r0+rows into `pack`, a row's 64-input block at a time: its codes
+/// unpacked to two vectors of 32 bytes, whose dword j (inputs 4j..4j+4 of each half) goes to
+/// line j of the half's block at the row's lane.
+#[inline(always)]
+unsafe fn repack_unpacked<L: Unpack>(w: &GroupedMatrix<L>, r0: usize, rows: usize, pack: &mut Pack) {
+    pack_params(w, r0, rows, pack);
+    let (rb, nb) = (w.row_bytes(), w.k() / 32);
+    let codes = w.codes().as_ptr();
+    let mut buf = [0u8; 64];
+    for i in 0..rows {
+        let (p, l) = (i / PANEL, i % PANEL);
+        for b64 in 0..nb / 2 {
+            let (lo, hi) = L::unpack(codes.add((r0 + i) * rb + b64 * L::BLOCK_BYTES));
+            _mm256_storeu_si256(buf.as_mut_ptr().cast(), lo);
+            _mm256_storeu_si256(buf.as_mut_ptr().add(32).cast(), hi);
+            for half in 0..2 {
+                for j in 0..8 {
+                    let line = &mut pack.codes[(p * nb + 2 * b64 + half) * 8 + j].0;
+                    line[4 * l..4 * l + 4].copy_from_slice(&buf[32 * half + 4 * j..32 * half + 4 * j + 4]);
+                }
+            }
+        }
+    }
+}
+
+/// Rows r0..r0+rows of `w` into `pack` (codes as bytes, scales and mins as f32), zero
+/// past the last row.
+#[inline(always)]
+unsafe fn repack(w: &Int4Matrix, r0: usize, rows: usize, pack: &mut Pack) {
+    let (hk, nb) = (w.k() / 2, w.k() / 32);
+    let np = rows.div_ceil(PANEL);
+    pack_params(w, r0, rows, pack);
     let codes = w.codes().as_ptr();
     let mask = _mm512_set1_epi8(0x0F);
     let dst = pack.codes.as_mut_ptr();
