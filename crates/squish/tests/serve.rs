@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
 /// Runs one script of tests/server/ against `server`; its unittest report shows on failure.
 fn python(script: &str, server: &Server, env: &[(&str, &str)]) {

@@ -21,7 +21,6 @@ pub struct TrainModel {
     norm: Tensor,
     layers: Vec<Arc<TrainLayer>>,
     config: AdapterConfig,
-    dtype: DType,
     side: SideGrads,
 }
 
@@ -98,15 +97,7 @@ impl TrainModel {
             false => None,
         };
         let norm = get("model.norm.weight", &[h])?;
-        Ok(Self { cfg, embed, head, norm, layers, config: adapter.config.clone(), dtype, side: Default::default() })
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
+        Ok(Self { cfg, embed, head, norm, layers, config: adapter.config.clone(), side: Default::default() })
     }
 
     /// The trainable tensors with their PEFT names, in a fixed order.

@@ -2,7 +2,7 @@
 //! and checkpoints that resume exactly where they stopped (adapter, optimizer moments,
 //! position in the epoch). Printing and files' names are the caller's.
 
-use super::adapter::{Adapter, SplitMix};
+use super::adapter::SplitMix;
 use super::data::Example;
 use super::train_model::{Batch, TrainModel};
 use crate::ModelError;
@@ -107,7 +107,7 @@ impl Trainer {
     }
 
     /// Continues from a checkpoint written by `save_checkpoint`: `model` must have been built
-    /// with the checkpoint's adapter (see [`Trainer::checkpoint_adapter`]).
+    /// with the checkpoint's adapter (`Adapter::load` of the same directory).
     pub fn resume(model: TrainModel, dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| ModelError::io(&dir.join(STATE_FILE), e))?;
         let state: TrainState = serde_json::from_str(&text).map_err(|e| ModelError::unsupported(&dir.join(STATE_FILE), e))?;
@@ -123,11 +123,6 @@ impl Trainer {
             moments.insert(name.clone(), (take("exp_avg")?, take("exp_avg_sq")?));
         }
         Ok(Self { model, state, moments })
-    }
-
-    /// The adapter a checkpoint holds.
-    pub fn checkpoint_adapter(dir: &Path, cfg: &crate::ModelConfig, device: &Device) -> Result<Adapter, ModelError> {
-        Adapter::load(dir, cfg, device)
     }
 }
 
