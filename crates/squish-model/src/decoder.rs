@@ -208,7 +208,7 @@ impl Decoder {
     /// returns the index steps select it by.
     pub fn add_adapter(&mut self, name: &str, adapter: &Adapter) -> Result<usize, ModelError> {
         if self.adapter_index(name).is_some() {
-            return Err(ModelError::Tokenizer(format!("two adapters named `{name}`")));
+            return Err(ModelError::Adapter(format!("two adapters named `{name}`")));
         }
         self.adapters.push((name.to_string(), Deltas::new(adapter, &self.device)?));
         Ok(self.adapters.len() - 1)

@@ -15,6 +15,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("LoRA adapter: {0}")]
+    Adapter(String),
     #[error("the prompt is {prompt} tokens but the context holds {ctx}; shorten it or raise --ctx")]
     PromptTooLong { prompt: usize, ctx: usize },
 }

@@ -60,9 +60,6 @@ impl TrainModel {
         let angles: Vec<f32> = (0..max_pos).flat_map(|p| (0..hd).map(move |j| (p, j))).map(|(p, j)| p as f32 * inv[j % (hd / 2)]).collect();
         let angles = Tensor::from_vec(angles, (max_pos, hd), device)?;
         let (cos, sin) = (angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?);
-        if let Some(&(layer, _)) = adapter.pairs.keys().find(|(l, _)| *l >= cfg.layers) {
-            return Err(ModelError::Tokenizer(format!("adapter layer {layer} is beyond the model's {}", cfg.layers)));
-        }
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
