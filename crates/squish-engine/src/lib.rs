@@ -7,7 +7,7 @@ mod constraint;
 mod engine;
 mod perplexity;
 
-pub use bench::{bench_run, BenchRun};
+pub use bench::{bench_run, bench_streams, BenchRun};
 pub use engine::{Engine, EngineConfig, Event, Load, Request, SubmitError, TokenLogprob, Usage};
 pub use constraint::{Constraint, ConstraintError, ConstraintFactory, OutputFormat};
 pub use perplexity::{perplexity, BaseComparison, PerplexityReport};

@@ -4,7 +4,7 @@
 use crate::{model_arg, setup};
 use anyhow::Result;
 use clap::Args;
-use squish_engine::bench_run;
+use squish_engine::{bench_run, bench_streams};
 use squish_model::Model;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// Where to run: auto, cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Also measure batched decode: for each count S, S sequences (each after its own
+    /// -p-token prompt) decode -n tokens together, one forward per step as `squish serve`
+    /// batches them; reports all their tokens / decode time (rows `tgN xS`)
+    #[arg(long, value_delimiter = ',', value_name = "S,S,...")]
+    pub streams: Vec<usize>,
     #[command(flatten)]
     pub serving: crate::bench_server::ServerArgs,
 }
@@ -57,7 +62,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let (device, threads) = setup::device(&args.device, args.threads)?;
     let path = model_arg::resolve(args.model.clone())?;
-    let ctx = Some(args.p.max(args.n + 1).max(8));
+    let ctx = Some(args.p.max(args.n + 1).max(8) + if args.streams.is_empty() { 0 } else { args.n + 1 });
     let evicted = evict_from_page_cache(&path);
     let t0 = Instant::now();
     let model = Model::load(&path, &device, ctx)?;
@@ -76,6 +81,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tg.push(args.n as f64 / run.decode_s);
         ttft.push(run.prefill_s);
     }
+    let mut batched = Vec::new();
+    for &s in args.streams.iter().filter(|&&s| s > 0) {
+        bench_streams(&model, s, 16, 4)?; // warm-up at this batch size
+        let runs = (0..args.r.max(1))
+            .map(|_| Ok((s * args.n) as f64 / bench_streams(&model, s, args.p, args.n)?))
+            .collect::<Result<Vec<f64>>>()?;
+        batched.push((s, runs));
+    }
     let (size, bpw, params) = model_size(&path);
     let rss_mb = crate::setup::peak_rss_kb() as f64 / 1024.0;
     let name = path.file_name().map_or(path.display().to_string(), |n| n.to_string_lossy().into_owned());
@@ -90,6 +103,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "prompt_tokens": args.p, "prefill_tokens_per_s": pp_m, "prefill_stddev": pp_s,
             "decode_tokens": args.n, "decode_tokens_per_s": tg_m, "decode_stddev": tg_s,
             "time_to_first_token_s": ttft_m, "peak_rss_mb": rss_mb, "repetitions": args.r,
+            "streams": batched.iter().map(|(s, runs)| {
+                let (m, sd) = mean_std(runs);
+                serde_json::json!({"streams": s, "decode_tokens_per_s": m, "decode_stddev": sd})
+            }).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -102,6 +119,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     row(format!("pp{}", args.p), pp_m, pp_s);
     row(format!("tg{}", args.n), tg_m, tg_s);
+    for (s, runs) in &batched {
+        let (m, sd) = mean_std(runs);
+        row(format!("tg{} x{s}", args.n), m, sd);
+    }
     println!();
     let cold = if evicted { "cold: files dropped from the page cache" } else { "first" };
     println!(
