@@ -14,6 +14,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
 pub struct Rope {
     cos: Tensor, // (max_pos, head_dim / 2)
     sin: Tensor,
+    /// The same tables as plain arrays on CPU devices, for rotating rows in place.
+    host: Option<(Vec<f32>, Vec<f32>)>,
+    half: usize,
 }
 
 impl Rope {
@@ -23,7 +26,12 @@ impl Rope {
         let inv = Tensor::from_slice(inv_freq, (1, half), device)?;
         let pos = Tensor::arange(0u32, max_pos as u32, device)?.to_dtype(DType::F32)?.reshape((max_pos, 1))?;
         let freqs = pos.broadcast_mul(&inv)?; // (max_pos, half)
-        Ok(Self { cos: freqs.cos()?, sin: freqs.sin()? })
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let host = match device.is_cpu() {
+            true => Some((cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?)),
+            false => None,
+        };
+        Ok(Self { cos, sin, host, half })
     }
 
     /// x: (batch, heads, seq, head_dim), positions start..start+seq
@@ -32,6 +40,34 @@ impl Rope {
         let cos = self.cos.narrow(0, start, seq)?;
         let sin = self.sin.narrow(0, start, seq)?;
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+    }
+
+    /// Rotates one token's heads in place (`row`: heads x head_dim, at position `pos`), with
+    /// the arithmetic of `apply`. False, leaving `row` alone, where the tables are not on
+    /// the host (GPU devices).
+    pub fn rotate_row(&self, row: &mut [f32], pos: usize) -> bool {
+        let Some((cos, sin)) = &self.host else { return false };
+        let half = self.half;
+        let (cos, sin) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+        for head in row.chunks_exact_mut(2 * half) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * cos[i] - b * sin[i];
+                x2[i] = a * sin[i] + b * cos[i];
+            }
+        }
+        true
+    }
+}
+
+/// RMS-normalises each `w.len()`-long piece of `row` in place and scales it by `w` (the
+/// per-head q/k norms of Qwen3), as `rms_norm` does.
+pub fn rms_norm_pieces(row: &mut [f32], w: &[f32], eps: f32) {
+    for piece in row.chunks_exact_mut(w.len()) {
+        let mean_sq = piece.iter().map(|x| x * x).sum::<f32>() / w.len() as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        piece.iter_mut().zip(w).for_each(|(x, w)| *x = *x * inv * w);
     }
 }
 

@@ -9,7 +9,7 @@ use crate::lora::{add_deltas, Adapter, Deltas, Target};
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
-use squish_backend::{causal_attention, causal_attention_many, rms_norm, silu_mul, Rope};
+use squish_backend::{attention_from_caches, causal_attention, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
 
 /// A point in the forward pass whose activations feed linear layers: calibration observes
 /// them to learn which input channels matter.
@@ -344,6 +344,9 @@ impl Decoder {
     /// q, k, v projections of every step's rows, in order (1, t, heads * head_dim) -> attention
     /// output before o_proj (1, t, heads * head_dim)
     fn attention(&self, a: &Attention, (q_all, k_all, v_all): (Tensor, Tensor, Tensor), steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
+        if let Some(out) = self.decode_attention_cpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
+            return Ok(out);
+        }
         let hd = self.cfg.head_dim;
         // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
         let split = |y: Tensor, heads: usize, norm: &Option<Tensor>, start: usize| -> Result<Tensor, ModelError> {
@@ -373,6 +376,54 @@ impl Decoder {
         let items: Vec<_> = qkv.iter().map(|(q, k, v, start)| (q, k, v, *start)).collect();
         let outs = causal_attention_many(&items)?; // (1, t, heads * hd) each
         Ok(Tensor::cat(&outs, 1)?)
+    }
+}
+
+impl Decoder {
+    /// `attention` for decode on the CPU (every step a few tokens): norms, rotations and the
+    /// cache writes on plain rows, then every sequence's attention in one parallel region.
+    /// The tensor path's dozen candle ops per sequence and layer, run while the other
+    /// threads idle, cost a batched step more than its attention did. None (nothing
+    /// written) where it does not apply.
+    fn decode_attention_cpu(&self, a: &Attention, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
+        if !self.device.is_cpu() || qkv[0].dtype() != candle_core::DType::F32 || steps.iter().any(|s| s.tokens.len() > 4) {
+            return Ok(None);
+        }
+        let (heads, kv_heads, hd) = (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim);
+        let rows = |x: &Tensor| x.flatten_all().and_then(|x| x.to_vec1::<f32>());
+        let (mut q, mut k, v) = (rows(qkv[0])?, rows(qkv[1])?, rows(qkv[2])?);
+        let norm = |w: &Option<Tensor>| w.as_ref().map(|w| w.to_vec1::<f32>()).transpose();
+        let (q_norm, k_norm) = (norm(&a.q_norm)?, norm(&a.k_norm)?);
+        let (qw, kw) = (heads * hd, kv_heads * hd);
+        let mut row = 0;
+        for s in steps.iter_mut() {
+            let (t, start) = (s.tokens.len(), s.cache.len());
+            for i in 0..t {
+                let (qr, kr) = (&mut q[(row + i) * qw..][..qw], &mut k[(row + i) * kw..][..kw]);
+                if let Some(w) = &q_norm {
+                    rms_norm_pieces(qr, w, self.eps());
+                }
+                if let Some(w) = &k_norm {
+                    rms_norm_pieces(kr, w, self.eps());
+                }
+                // Host tables exist on every CPU device.
+                let rotated = self.rope.rotate_row(qr, start + i) && self.rope.rotate_row(kr, start + i);
+                debug_assert!(rotated);
+            }
+            s.cache.write_rows(layer, &k[row * kw..(row + t) * kw], &v[row * kw..(row + t) * kw])?;
+            row += t;
+        }
+        let caches: Vec<_> = steps
+            .iter()
+            .map(|s| {
+                let (kc, vc) = s.cache.layer(layer);
+                (kc, vc, s.cache.len(), s.tokens.len())
+            })
+            .collect();
+        Ok(match attention_from_caches(&q, heads, hd, &caches)? {
+            Some(out) => Some(Tensor::from_vec(out, (1, row, qw), &self.device)?),
+            None => None, // the tensor path then stores the same rows again
+        })
     }
 }
 

@@ -17,7 +17,8 @@
 //! Each has a quantizer (clipping search, optional per-input-channel importance), a
 //! dequantizer, an exact scalar reference matmul and the fast matmul. Kernels take borrowed
 //! views ([`Int4Matrix`], [`Int8Matrix`]) of slices such as an mmapped file's, run on the
-//! current rayon pool (calls too small to split stay on the calling thread), and
+//! decode [`team`] (spinning helpers; rayon when another call holds it; calls too small
+//! to split stay on the calling thread), and
 //! allocate nothing per decode call once warm. The kernel family is chosen at run time
 //! (best first: AVX512-VNNI, AVX-VNNI, AVX2+FMA+F16C on x86-64, NEON+dotprod then NEON
 //! on aarch64 (INT4 only), else a portable scalar path computing the same sums;
@@ -41,6 +42,7 @@ pub mod int8;
 mod isa;
 mod matmul;
 pub mod params8;
+pub mod team;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "aarch64")]

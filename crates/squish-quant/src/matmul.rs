@@ -1,8 +1,8 @@
 //! Threading for the matmul entry points: splits the t x N output into tasks (a range of
-//! rows for a tile of tokens) on the current rayon pool. Tiny calls stay on the calling
+//! rows for a tile of tokens) run by the decode `team`. Tiny calls stay on the calling
 //! thread; decode (t = 1) splits rows of `out` directly, with no allocation.
 
-use rayon::prelude::*;
+use crate::team;
 
 /// Multiply-adds below which a task is not worth handing to another thread (a few µs).
 const MIN_TASK_MACS: usize = 1 << 17;
@@ -53,7 +53,8 @@ where
             return;
         }
         let rpc = n.div_ceil(want).next_multiple_of(align);
-        out.par_chunks_mut(rpc).enumerate().for_each(|(i, o)| task(i * rpc, 0, &mut [o]));
+        let mut chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(rpc).enumerate().collect();
+        team::for_each_mut(&mut chunks, |(i, o)| task(*i * rpc, 0, &mut [&mut **o]));
         return;
     }
     let tt = t.min(TOKEN_TILE);
@@ -68,10 +69,11 @@ where
             grid[rc * n_tt + tok / tt].push(piece);
         }
     }
-    let one = |(i, mut outs): (usize, Vec<&mut [f32]>)| task((i / n_tt) * rpc, (i % n_tt) * tt, &mut outs);
+    let mut cells: Vec<(usize, Vec<&mut [f32]>)> = grid.into_iter().enumerate().collect();
+    let one = |(i, outs): &mut (usize, Vec<&mut [f32]>)| task((*i / n_tt) * rpc, (*i % n_tt) * tt, outs);
     if parallel {
-        grid.into_par_iter().enumerate().for_each(one);
+        team::for_each_mut(&mut cells, one);
     } else {
-        grid.into_iter().enumerate().for_each(one);
+        cells.iter_mut().for_each(one);
     }
 }
