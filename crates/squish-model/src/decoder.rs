@@ -304,13 +304,16 @@ impl Decoder {
         let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
         obs.observe(Tap::AttnIn(i), &n)?;
         let a = &layer.attn;
-        let qkv = (proj(Target::Q, &a.q, &n)?, proj(Target::K, &a.k, &n)?, proj(Target::V, &a.v, &n)?);
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&a.q, &a.k, &a.v], &n)?.try_into().expect("three outputs");
+        let delta = |t: Target, y: Tensor| add_deltas(&self.adapters, &segments, i, t, &n, y);
+        let qkv = (delta(Target::Q, q)?, delta(Target::K, k)?, delta(Target::V, v)?);
         let att = self.attention(a, qkv, steps, cache_slot)?;
         obs.observe(Tap::AttnOut(i), &att)?;
         let x = (x + proj(Target::O, &a.o, &att)?)?;
         let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
         obs.observe(Tap::MlpIn(i), &n)?;
-        let mid = silu_mul(&proj(Target::Gate, &layer.gate, &n)?, &proj(Target::Up, &layer.up, &n)?)?;
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], &n)?.try_into().expect("two outputs");
+        let mid = silu_mul(&add_deltas(&self.adapters, &segments, i, Target::Gate, &n, gate)?, &add_deltas(&self.adapters, &segments, i, Target::Up, &n, up)?)?;
         obs.observe(Tap::MlpMid(i), &mid)?;
         Ok((x + proj(Target::Down, &layer.down, &mid)?)?)
     }

@@ -74,6 +74,44 @@ impl Linear {
         })
     }
 
+    /// `forward` of several layers reading the same input (q, k and v; gate and up): INT4
+    /// layers with the CPU's panel layout run as one matmul call (one activation
+    /// quantization, one parallel region); anything else one `forward` each. The results
+    /// are the same either way.
+    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+        let k = x.dim(x.rank() - 1)?;
+        let fusable = layers.len() > 1
+            && layers.iter().all(|l| matches!(&l.weight, Weight::Int4 { k: lk, panels, .. } if *lk == k && panels.get().is_some_and(Option::is_some)));
+        if !fusable {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        }
+        let dims = x.dims().to_vec();
+        let t = x.elem_count() / k;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut matrices = Vec::with_capacity(layers.len());
+        for l in layers {
+            let Weight::Int4 { codes, params, n, k, group, panels } = &l.weight else { unreachable!("checked above") };
+            let (scales, mins) = params.get()?;
+            let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
+            matrices.push((m, panels.get().and_then(Option::as_ref), vec![0f32; t * n]));
+        }
+        let mut parts: Vec<_> = matrices.iter_mut().map(|(m, p, out)| (&*m, *p, out.as_mut_slice())).collect();
+        int4::matmul_many_with_panels(&mut parts, &xs, t);
+        matrices
+            .into_iter()
+            .zip(layers)
+            .map(|((m, _, out), l)| {
+                let mut out_dims = dims.clone();
+                *out_dims.last_mut().expect("x has dims") = m.n();
+                let y = Tensor::from_vec(out, out_dims, x.device())?;
+                Ok(match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            })
+            .collect()
+    }
+
     fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
         match &self.weight {
             Weight::Int4 { codes, params, n, k, group, panels } => {

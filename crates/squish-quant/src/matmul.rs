@@ -40,21 +40,53 @@ pub(crate) fn run_aligned<F>(n: usize, k: usize, row_bytes: usize, t: usize, out
 where
     F: Fn(usize, usize, &mut [&mut [f32]]) + Sync,
 {
+    run_many(vec![Part { n, k, row_bytes, t, out, align, task: &task }]);
+}
+
+/// One output of `run_many`: `run_aligned`'s arguments.
+pub(crate) struct Part<'a> {
+    pub n: usize,
+    pub k: usize,
+    pub row_bytes: usize,
+    pub t: usize,
+    pub out: &'a mut [f32],
+    pub align: usize,
+    pub task: &'a (dyn Fn(usize, usize, &mut [&mut [f32]]) + Sync),
+}
+
+/// One task: a part, its first row and token, and its pieces of the output rows.
+type Cell<'a> = (usize, usize, usize, Vec<&'a mut [f32]>);
+
+/// `run_aligned` for several outputs (matrices reading the same input, e.g. q, k and v) in
+/// one parallel region: one fork and one tail instead of one per matrix.
+pub(crate) fn run_many(parts: Vec<Part<'_>>) {
+    let threads = rayon::current_num_threads();
+    let macs: usize = parts.iter().map(|p| p.n * p.k * p.t).sum();
+    let parallel = threads > 1 && macs >= 2 * MIN_TASK_MACS;
+    let mut cells: Vec<Cell> = Vec::new();
+    let tasks: Vec<_> = parts.iter().map(|p| p.task).collect();
+    for (i, p) in parts.into_iter().enumerate() {
+        let share = p.n * p.k * p.t;
+        let want = if parallel { ((threads * TASKS_PER_THREAD) * share / macs).clamp(1, share / MIN_TASK_MACS + 1) } else { 1 };
+        partition(i, p, want, &mut cells);
+    }
+    let one = |(i, r0, t0, outs): &mut Cell| (tasks[*i])(*r0, *t0, outs);
+    if parallel && cells.len() > 1 {
+        team::for_each_mut(&mut cells, one);
+    } else {
+        cells.iter_mut().for_each(one);
+    }
+}
+
+/// Splits part `i`'s output into about `want` tasks (see `run`), appended to `cells`.
+fn partition<'a>(i: usize, p: Part<'a>, want: usize, cells: &mut Vec<Cell<'a>>) {
+    let Part { n, row_bytes, t, out, align, .. } = p;
     if n == 0 || t == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
-    let macs = n * k * t;
-    let parallel = threads > 1 && macs >= 2 * MIN_TASK_MACS;
-    let want = if parallel { (threads * TASKS_PER_THREAD).min(macs / MIN_TASK_MACS) } else { 1 };
     if t == 1 {
-        if !parallel {
-            task(0, 0, &mut [out]);
-            return;
-        }
         let rpc = n.div_ceil(want).next_multiple_of(align);
-        let mut chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(rpc).enumerate().collect();
-        team::for_each_mut(&mut chunks, |(i, o)| task(*i * rpc, 0, &mut [&mut **o]));
+        cells.extend(out.chunks_mut(rpc).enumerate().map(|(c, o)| (i, c * rpc, 0, vec![o])));
         return;
     }
     let tt = t.min(TOKEN_TILE);
@@ -62,18 +94,11 @@ where
     let max_rows = (L2_BUDGET / row_bytes.max(1)).max(align) / align * align;
     let rpc = n.div_ceil(want.div_ceil(n_tt)).next_multiple_of(align).min(max_rows);
     // Task (row chunk rc, token tile tt_i) at rc * n_tt + tt_i: neighbours share weight rows.
-    let n_rc = n.div_ceil(rpc);
-    let mut grid: Vec<Vec<&mut [f32]>> = (0..n_rc * n_tt).map(|_| Vec::with_capacity(tt)).collect();
+    let (n_rc, first) = (n.div_ceil(rpc), cells.len());
+    cells.extend((0..n_rc * n_tt).map(|c| (i, (c / n_tt) * rpc, (c % n_tt) * tt, Vec::with_capacity(tt))));
     for (tok, row) in out.chunks_mut(n).enumerate() {
         for (rc, piece) in row.chunks_mut(rpc).enumerate() {
-            grid[rc * n_tt + tok / tt].push(piece);
+            cells[first + rc * n_tt + tok / tt].3.push(piece);
         }
-    }
-    let mut cells: Vec<(usize, Vec<&mut [f32]>)> = grid.into_iter().enumerate().collect();
-    let one = |(i, outs): &mut (usize, Vec<&mut [f32]>)| task((*i / n_tt) * rpc, (*i % n_tt) * tt, outs);
-    if parallel {
-        team::for_each_mut(&mut cells, one);
-    } else {
-        cells.iter_mut().for_each(one);
     }
 }

@@ -151,25 +151,55 @@ impl Int4Panels {
 ///
 /// Panics if `x.len() != t*K` or `out.len() != t*N`, or if `panels` is not `w`'s shape.
 pub fn matmul_with_panels(w: &Int4Matrix, panels: Option<&Int4Panels>, x: &[f32], t: usize, out: &mut [f32]) {
+    matmul_many_with_panels(&mut [(w, panels, out)], x, t);
+}
+
+/// `matmul_with_panels` for several matrices reading the same input (q, k and v; gate and
+/// up), each with its output: where all have panels (and the same K and group size) the
+/// activations are quantized once and every matrix runs in one parallel region; otherwise
+/// one call each. The results are the same either way.
+///
+/// Panics as `matmul_with_panels` does, for any part.
+pub fn matmul_many_with_panels(parts: &mut [(&Int4Matrix, Option<&Int4Panels>, &mut [f32])], x: &[f32], t: usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(p) = panels.filter(|_| t < crate::x86::int4_gemm::GEMM_MIN_T) {
-        let p = &p.inner;
-        assert!(p.n() == w.n() && p.k() == w.k() && p.g() == w.g(), "int4 panels of another shape");
-        check_io("int4 matmul", p.n(), p.k(), x, t, out);
-        if t == 0 || p.n() == 0 {
+    {
+        let (k, g) = parts.first().map_or((0, 0), |(w, ..)| (w.k(), w.g()));
+        let fused = t < crate::x86::int4_gemm::GEMM_MIN_T
+            && parts.iter().all(|(w, p, _)| p.is_some() && w.k() == k && w.g() == g);
+        if fused && t > 0 {
+            for (w, p, out) in parts.iter() {
+                let p = &p.as_ref().expect("checked above").inner;
+                assert!(p.n() == w.n() && p.k() == w.k() && p.g() == w.g(), "int4 panels of another shape");
+                check_io("int4 matmul", p.n(), p.k(), x, t, out);
+            }
+            with_scratch(|a| {
+                a.quantize(Isa::Avx512Vnni, x, t, k, g);
+                let a = &*a;
+                let tasks: Vec<_> = parts
+                    .iter()
+                    .map(|(_, p, _)| {
+                        let p = &p.as_ref().expect("checked above").inner;
+                        // SAFETY: panels exist only where `detect` found AVX512-VNNI (`new`).
+                        move |r0, t0, outs: &mut [&mut [f32]]| unsafe { crate::x86::int4_panels::task(p, a, r0, t0, outs) }
+                    })
+                    .collect();
+                let align = crate::x86::int4_panels::PANEL;
+                let jobs = parts.iter_mut().zip(&tasks).map(|((w, _, out), task)| crate::matmul::Part {
+                    n: w.n(),
+                    k,
+                    row_bytes: k / 2,
+                    t,
+                    out: &mut **out,
+                    align,
+                    task,
+                });
+                crate::matmul::run_many(jobs.collect());
+            });
             return;
         }
-        with_scratch(|a| {
-            a.quantize(Isa::Avx512Vnni, x, t, p.k(), p.g());
-            let a = &*a;
-            let align = crate::x86::int4_panels::PANEL;
-            crate::matmul::run_aligned(p.n(), p.k(), p.k() / 2, t, out, align, |r0, t0, outs| {
-                // SAFETY: panels exist only where `detect` found AVX512-VNNI (`new`).
-                unsafe { crate::x86::int4_panels::task(p, a, r0, t0, outs) }
-            });
-        });
-        return;
     }
-    let _ = panels;
-    matmul(w, x, t, out);
+    match parts {
+        [(w, _, out)] => matmul(w, x, t, out),
+        _ => parts.iter_mut().for_each(|(w, p, out)| matmul_many_with_panels(&mut [(*w, *p, &mut **out)], x, t)),
+    }
 }
