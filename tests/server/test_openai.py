@@ -85,6 +85,17 @@ class OpenAIClient(unittest.TestCase):
         self.assertEqual(cut.choices[0].message.content, text[: text.index(word)])
         self.assertEqual(cut.choices[0].finish_reason, "stop")
 
+    def test_ignore_eos_generates_max_tokens(self):
+        # The answer ends on its own after a few tokens; ignore_eos (vLLM's and llama.cpp's
+        # extension, which benchmarks send) runs on to max_tokens.
+        short = self.chat(messages=QUESTION, temperature=0, max_tokens=60)
+        self.assertEqual(short.choices[0].finish_reason, "stop")
+        self.assertLess(short.usage.completion_tokens, 60)
+        full = self.chat(messages=QUESTION, temperature=0, max_tokens=60, extra_body={"ignore_eos": True})
+        self.assertEqual(full.choices[0].finish_reason, "length")
+        self.assertEqual(full.usage.completion_tokens, 60)
+        self.assertTrue(full.choices[0].message.content.startswith(short.choices[0].message.content.strip()[:10]))
+
     def test_n_choices_and_seed(self):
         kw = dict(messages=[{"role": "user", "content": "Tell me a fun fact."}], temperature=1.0, max_tokens=12, seed=7)
         r = self.chat(n=3, **kw)

@@ -36,6 +36,9 @@ pub struct Request {
     pub format: Option<OutputFormat>,
     /// The LoRA adapter to run with (`Decoder::add_adapter`'s index), if any.
     pub adapter: Option<usize>,
+    /// Generate past end-of-sequence tokens, up to `max_tokens` or a stop string (for
+    /// benchmarks that need a fixed length; structured output still ends at its end).
+    pub ignore_eos: bool,
 }
 
 impl Request {
@@ -51,6 +54,7 @@ impl Request {
             prompt_logprobs: false,
             format: None,
             adapter: None,
+            ignore_eos: false,
         }
     }
 }

@@ -97,7 +97,7 @@ impl<'m> Sequence<'m> {
         let before = self.req.logprobs.map(|_| logits.clone());
         let token = self.sampler.sample(&mut logits, &self.history);
         let logprob = before.and_then(|l| lp_of(&l, token));
-        if self.tok.eos().contains(&token) {
+        if self.tok.eos().contains(&token) && (!self.req.ignore_eos || self.constraint.is_some()) {
             return Ok(Some(FinishReason::Stop));
         }
         if let Some(c) = &mut self.constraint {

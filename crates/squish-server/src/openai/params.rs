@@ -23,6 +23,9 @@ pub struct Sampling {
     pub n: Option<usize>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// Extension (vLLM, llama.cpp): generate past end-of-sequence tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -86,6 +89,7 @@ impl Sampling {
         req.presence_penalty = self.presence_penalty.unwrap_or(0.0);
         req.frequency_penalty = self.frequency_penalty.unwrap_or(0.0);
         req.stop = stop_list(self.stop.as_ref())?;
+        req.ignore_eos = self.ignore_eos;
         Ok(req)
     }
 }
