@@ -11,10 +11,13 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return Ok((gate.silu()? * up)?);
     }
     let shape = gate.shape().clone();
-    let g = gate.flatten_all()?.to_vec1::<f32>()?;
-    let u = up.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; g.len()];
-    silu_mul_slices(&g, &u, &mut out);
+    let out = crate::with_f32(gate, |g| {
+        crate::with_f32(up, |u| {
+            let mut out = vec![0f32; g.len()];
+            silu_mul_slices(g, u, &mut out);
+            out
+        })
+    })??;
     Ok(Tensor::from_vec(out, shape, gate.device())?)
 }
 

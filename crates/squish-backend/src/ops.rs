@@ -9,6 +9,20 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)?)
 }
 
+/// Calls `f` with `x`'s values in place where it is a contiguous f32 CPU tensor, else with a
+/// copy: the decode step's many small ops read their inputs without copying them.
+pub fn with_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            if let Ok(all) = cpu.as_slice::<f32>() {
+                return Ok(f(&all[a..b]));
+            }
+        }
+    }
+    Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
+}
+
 /// Rotary position embeddings in the Hugging Face (rotate-half) layout, precomputed for every
 /// position up to the context size.
 pub struct Rope {

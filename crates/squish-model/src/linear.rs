@@ -60,9 +60,8 @@ impl Linear {
                 let (n, k) = self.shape();
                 let dims = x.dims().to_vec();
                 let t = x.elem_count() / k;
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
                 let mut out = vec![0f32; t * n];
-                self.quantized_matmul(&xs, t, &mut out)?;
+                squish_backend::with_f32(x, |xs| self.quantized_matmul(xs, t, &mut out))??;
                 let mut out_dims = dims;
                 *out_dims.last_mut().expect("x has dims") = n;
                 Tensor::from_vec(out, out_dims, x.device())?
@@ -87,7 +86,6 @@ impl Linear {
         }
         let dims = x.dims().to_vec();
         let t = x.elem_count() / k;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let mut matrices = Vec::with_capacity(layers.len());
         for l in layers {
             let Weight::Int4 { codes, params, n, k, group, panels } = &l.weight else { unreachable!("checked above") };
@@ -96,7 +94,7 @@ impl Linear {
             matrices.push((m, panels.get().and_then(Option::as_ref), vec![0f32; t * n]));
         }
         let mut parts: Vec<_> = matrices.iter_mut().map(|(m, p, out)| (&*m, *p, out.as_mut_slice())).collect();
-        int4::matmul_many_with_panels(&mut parts, &xs, t);
+        squish_backend::with_f32(x, |xs| int4::matmul_many_with_panels(&mut parts, xs, t))?;
         matrices
             .into_iter()
             .zip(layers)
