@@ -205,20 +205,32 @@ unsafe fn attend_avx512(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
 unsafe fn attend_zmm<const C: usize>(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
     use core::arch::x86_64::*;
     let Group { q: qs, k, v, stride, seen, scale } = job;
-    let (stride, seen, group) = (*stride, *seen, qs.len());
+    let (stride, seen) = (*stride, *seen);
     scores.clear();
-    scores.resize(group * seen, 0.0); // [g][j]
+    scores.resize(qs.len() * seen, 0.0); // [g][j]
     for (g, qg) in qs.iter().enumerate() {
         let qv: [__m512; C] = core::array::from_fn(|c| _mm512_loadu_ps(qg.as_ptr().add(16 * c)));
         let row = &mut scores[g * seen..(g + 1) * seen];
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in row.iter_mut().enumerate() {
+        let dot = |j: usize| {
             let kj = k.as_ptr().add(j * stride);
             let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
             for c in 1..C {
                 acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj.add(16 * c)), acc);
             }
-            *s = _mm512_reduce_add_ps(acc) * scale;
+            acc
+        };
+        // Sixteen keys at a time: their lane sums come out of one transpose-and-add.
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        let blocks = seen / 16;
+        for b in 0..blocks {
+            let acc: [__m512; 16] = core::array::from_fn(|i| dot(16 * b + i));
+            let s = _mm512_mul_ps(sum_lanes16(&acc), _mm512_set1_ps(*scale));
+            _mm512_storeu_ps(row.as_mut_ptr().add(16 * b), s);
+            vmax = _mm512_max_ps(vmax, s);
+        }
+        let mut max = _mm512_reduce_max_ps(vmax);
+        for (j, s) in row.iter_mut().enumerate().skip(16 * blocks) {
+            *s = _mm512_reduce_add_ps(dot(j)) * scale;
             max = max.max(*s);
         }
         let mut sum = _mm512_setzero_ps();
@@ -246,6 +258,27 @@ unsafe fn attend_zmm<const C: usize>(job: &Group, scores: &mut Vec<f32>, o: &mut
             _mm512_storeu_ps(og.add(16 * c), _mm512_mul_ps(acc[c], inv));
         }
     }
+}
+
+/// The sums of 16 vectors' lanes, as one vector (lane i = the sum of v[i]): pairs are
+/// interleaved and added within 128-bit lanes, then the 128-bit lanes across vectors, in
+/// about three operations per vector where a horizontal add takes about eight.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_lanes16(v: &[core::arch::x86_64::__m512; 16]) -> core::arch::x86_64::__m512 {
+    use core::arch::x86_64::*;
+    // w[i], per 128-bit lane: v[2i]'s partial sums at 0 and 2, v[2i+1]'s at 1 and 3.
+    let w: [__m512; 8] = core::array::from_fn(|i| _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1])));
+    // u[i], per 128-bit lane: the sums of v[4i..4i+4] over that lane.
+    let u: [__m512; 4] = core::array::from_fn(|i| {
+        let (a, b) = (_mm512_castps_pd(w[2 * i]), _mm512_castps_pd(w[2 * i + 1]));
+        _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
+    });
+    // Add the four 128-bit lanes: (0 + 1, 2 + 3) per pair of u, then across the pairs.
+    let fold = |a: __m512, b: __m512| {
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+    };
+    fold(fold(u[0], u[1]), fold(u[2], u[3]))
 }
 
 /// `activation::exp` on 16 lanes: the same range reduction and polynomial, 2^n applied with
