@@ -79,6 +79,11 @@ fn sweeps_concurrency_against_squish_serve() {
         for key in ["aggregate_tokens_per_s", "per_stream_tokens_per_s", "wall_s"] {
             assert!(l[key].as_f64().unwrap() > 0.0, "{key}: {l}");
         }
+        if l["concurrency"] == 1 {
+            // One stream at a time: decoding all the time between its first and last chunk.
+            let decode = l["all_streams_decoding_tokens_per_s"].as_f64().unwrap();
+            assert!(decode >= l["per_stream_tokens_per_s"].as_f64().unwrap() * 0.99, "{l}");
+        }
         // The prompt was sized by the server's own count to about --prompt-tokens.
         let p = l["prompt_tokens"].as_f64().unwrap();
         assert!((28.0..=36.0).contains(&p), "prompt tokens {p}");

@@ -23,6 +23,8 @@ pub struct Stats {
     pub tokens: Vec<usize>,
     pub aggregate_tps: f64,
     pub per_stream_tps: f64,
+    /// Text chunks per second while all `concurrency` streams were decoding at once.
+    pub decode_tps: Option<f64>,
     pub counted_by_server: bool,
     pub prompt_tokens: Option<f64>,
     pub cached_tokens: Option<f64>,
@@ -64,12 +66,41 @@ impl Level {
             itl_ms: summary(itl),
             aggregate_tps: tokens.iter().sum::<usize>() as f64 / self.wall_s.max(1e-9),
             per_stream_tps: summary(streams)[2],
+            decode_tps: all_decoding_tps(s, self.concurrency),
             tokens,
             counted_by_server: s.iter().all(|x| x.completion_tokens.is_some()),
             prompt_tokens: mean_of(s.iter().map(|x| x.prompt_tokens)),
             cached_tokens: mean_of(s.iter().map(|x| x.cached_tokens)),
         }
     }
+}
+
+/// Text chunks per second over the times when exactly `c` streams were between their first
+/// and last chunk: the level's steady state, every stream decoding and none waiting or
+/// prefilling. A chunk counts when it arrives inside such a window (its opening chunk, the
+/// first of the stream that completed the set, does not). None when that never held.
+fn all_decoding_tps(samples: &[Sample], c: usize) -> Option<f64> {
+    let mut edges: Vec<(std::time::Instant, i32)> = samples
+        .iter()
+        .filter(|s| s.chunks.len() >= 2)
+        .flat_map(|s| [(s.chunks[0], 1), (*s.chunks.last().expect("two chunks"), -1)])
+        .collect();
+    edges.sort_by_key(|&(t, d)| (t, d)); // an end before a start at the same instant
+    let (mut active, mut windows) = (0i32, Vec::new());
+    for (i, &(t, d)) in edges.iter().enumerate() {
+        active += d;
+        if active == c as i32 && d == 1 {
+            let close = edges[i + 1..].iter().find(|e| e.1 == -1).map(|e| e.0);
+            windows.extend(close.map(|close| (t, close)));
+        }
+    }
+    let seconds: f64 = windows.iter().map(|(a, b)| (*b - *a).as_secs_f64()).sum();
+    if seconds <= 0.0 {
+        return None;
+    }
+    let inside = |t: &std::time::Instant| windows.iter().any(|(a, b)| t > a && t <= b);
+    let chunks = samples.iter().flat_map(|s| &s.chunks).filter(|t| inside(t)).count();
+    Some(chunks as f64 / seconds)
 }
 
 /// What every server was asked, for the report's head.
@@ -89,6 +120,7 @@ fn stats_json(s: &Stats) -> Value {
         "tokens_per_request": s.tokens, "total_tokens": s.tokens.iter().sum::<usize>(),
         "tokens_counted_by": if s.counted_by_server { "server usage" } else { "text chunks" },
         "aggregate_tokens_per_s": s.aggregate_tps, "per_stream_tokens_per_s": s.per_stream_tps,
+        "all_streams_decoding_tokens_per_s": s.decode_tps,
         "prompt_tokens": s.prompt_tokens, "cached_prompt_tokens": s.cached_tokens,
     })
 }
@@ -136,8 +168,8 @@ pub fn print_table(setup: &Setup, urls: &[String], results: &[Vec<Stats>]) {
     let mut rule = "| ---: | ---: |".to_string();
     for i in 0..urls.len() {
         let l = letter(i);
-        head += &format!(" {l} TTFT p50/p95 ms | {l} ITL p50/p95 ms | {l} tok/s | {l} tok/s/stream |");
-        rule += " ---: | ---: | ---: | ---: |";
+        head += &format!(" {l} TTFT p50/p95 ms | {l} ITL p50/p95 ms | {l} tok/s | {l} tok/s/stream | {l} decode tok/s |");
+        rule += " ---: | ---: | ---: | ---: | ---: |";
     }
     for i in 1..urls.len() {
         head += &format!(" {}/A tok/s |", letter(i));
@@ -148,8 +180,9 @@ pub fn print_table(setup: &Setup, urls: &[String], results: &[Vec<Stats>]) {
         let mut line = format!("| {} | {} |", first.concurrency, first.requests);
         for levels in results {
             let s = &levels[row];
+            let decode = s.decode_tps.map_or("-".into(), |d| format!("{d:.1}"));
             line += &format!(
-                " {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {:.1} |",
+                " {:.0} / {:.0} | {:.1} / {:.1} | {:.1} | {:.1} | {decode} |",
                 s.ttft_ms[0], s.ttft_ms[1], s.itl_ms[0], s.itl_ms[1], s.aggregate_tps, s.per_stream_tps
             );
         }
@@ -162,11 +195,37 @@ pub fn print_table(setup: &Setup, urls: &[String], results: &[Vec<Stats>]) {
     println!("TTFT: request sent to the first chunk with text. ITL: gaps between text chunks, all streams pooled.");
     println!("tok/s: all generated tokens / the level's wall time.");
     println!("tok/s/stream: (tokens - 1) / first-to-last text chunk, the mean over requests.");
+    println!("decode tok/s: text chunks / time while all c streams were decoding at once (none waiting or prefilling).");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks every 10 ms from `first` ms to `last` ms after t0.
+    fn sample(t0: std::time::Instant, first: u64, last: u64) -> Sample {
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        Sample {
+            sent: t0,
+            chunks: (first..=last).step_by(10).map(at).collect(),
+            end: at(last),
+            completion_tokens: None,
+            prompt_tokens: None,
+            cached_tokens: None,
+        }
+    }
+
+    #[test]
+    fn decode_rate_counts_only_while_every_stream_decodes() {
+        let t0 = std::time::Instant::now();
+        // Two streams overlap from 100 to 500 ms; each sends a chunk every 10 ms.
+        let s = [sample(t0, 0, 500), sample(t0, 100, 900)];
+        let tps = all_decoding_tps(&s, 2).unwrap();
+        // (100, 500]: 40 chunks of each stream in 0.4 s.
+        assert!((tps - 200.0).abs() < 1e-6, "{tps}");
+        assert!((all_decoding_tps(&s[..1], 1).unwrap() - 100.0).abs() < 1e-6);
+        assert_eq!(all_decoding_tps(&s, 3), None);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
