@@ -49,7 +49,8 @@ pub struct BenchArgs {
     pub device: String,
     /// Also measure batched decode: for each count S, S sequences (each after its own
     /// -p-token prompt) decode -n tokens together, one forward per step as `squish serve`
-    /// batches them; reports all their tokens / decode time (rows `tgN xS`)
+    /// batches them; reports all their tokens / decode time (rows `tgN xS`; rounds alternate
+    /// between the counts)
     #[arg(long, value_delimiter = ',', value_name = "S,S,...")]
     pub streams: Vec<usize>,
     #[command(flatten)]
@@ -81,13 +82,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tg.push(args.n as f64 / run.decode_s);
         ttft.push(run.prefill_s);
     }
-    let mut batched = Vec::new();
-    for &s in args.streams.iter().filter(|&&s| s > 0) {
+    // Rounds alternate between the stream counts, so a machine whose speed drifts (a VM)
+    // shifts every count alike and their ratios stay fair.
+    let counts: Vec<usize> = args.streams.iter().copied().filter(|&s| s > 0).collect();
+    let mut batched: Vec<(usize, Vec<f64>)> = counts.iter().map(|&s| (s, Vec::new())).collect();
+    for &s in &counts {
         bench_streams(&model, s, 16, 4)?; // warm-up at this batch size
-        let runs = (0..args.r.max(1))
-            .map(|_| Ok((s * args.n) as f64 / bench_streams(&model, s, args.p, args.n)?))
-            .collect::<Result<Vec<f64>>>()?;
-        batched.push((s, runs));
+    }
+    for _ in 0..args.r.max(1) {
+        for (s, runs) in batched.iter_mut() {
+            runs.push((*s * args.n) as f64 / bench_streams(&model, *s, args.p, args.n)?);
+        }
     }
     let (size, bpw, params) = model_size(&path);
     let rss_mb = crate::setup::peak_rss_kb() as f64 / 1024.0;
