@@ -28,8 +28,8 @@ impl GroupParams {
 
 pub enum Weight {
     Dense(Tensor),
-    /// `panels`: the same matrix laid out for the CPU's panel kernel, made on first use
-    /// (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
+    /// `panels`: the same matrix laid out for the CPU's panel kernel, made by the first call
+    /// that reads it (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
     Int4 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int4Panels>> },
     Int3 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize },
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
@@ -52,7 +52,8 @@ impl Weight {
         }
     }
 
-    /// `with_panels`: make INT4's panel layout if not yet made (only matmuls read it).
+    /// `with_panels`: with INT4's panel layout, made now if not yet (a copy of the codes, so
+    /// only for calls that read it: decode steps, not prefill or training).
     fn view(&self, with_panels: bool) -> Result<View<'_>, ModelError> {
         Ok(match self {
             Weight::Int4 { codes, params, n, k, group, panels } => {
@@ -77,7 +78,7 @@ impl Weight {
 
     /// x (t, in) -> out (t, out) through squish-quant's kernels (quantized weights only).
     pub(crate) fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        match self.view(true)? {
+        match self.view(int4::panels_read_for(t))? {
             View::Int4(m, panels) => int4::matmul_with_panels(&m, panels, x, t, out),
             View::Int3(m) => int3::matmul(&m, x, t, out),
             View::Int8(m) => int8::matmul(&m, x, t, out),

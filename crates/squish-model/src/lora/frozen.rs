@@ -58,7 +58,7 @@ impl FrozenWeight {
                 Tensor::from_vec(out, (m, n), x.device())
             }
             FrozenWeight::Quantized(q) => {
-                let parts = panels(q, x.dtype()).map(|p| x.matmul(&p?.1.t()?)).collect::<candle_core::Result<Vec<_>>>()?;
+                let parts = row_panels(q, x.dtype()).map(|p| x.matmul(&p?.1.t()?)).collect::<candle_core::Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 1)
             }
         }
@@ -71,7 +71,7 @@ impl FrozenWeight {
             FrozenWeight::Quantized(q) => q,
         };
         let mut dx: Option<Tensor> = None;
-        for panel in panels(q, dy.dtype()) {
+        for panel in row_panels(q, dy.dtype()) {
             let (r0, w) = panel?;
             let part = dy.narrow(1, r0, w.dim(0)?)?.contiguous()?.matmul(&w)?;
             dx = Some(match dx {
@@ -84,7 +84,7 @@ impl FrozenWeight {
 }
 
 /// W's rows in panels of PANEL_ROWS, each dequantized when reached: (first row, panel in dtype).
-fn panels(q: &Weight, dtype: DType) -> impl Iterator<Item = candle_core::Result<(usize, Tensor)>> + '_ {
+fn row_panels(q: &Weight, dtype: DType) -> impl Iterator<Item = candle_core::Result<(usize, Tensor)>> + '_ {
     let (n, k) = q.shape();
     (0..n).step_by(PANEL_ROWS).map(move |r0| {
         let rows = PANEL_ROWS.min(n - r0);

@@ -95,6 +95,13 @@ impl TrainModel {
         Ok(Self { cfg, embed, head, norm, layers, config: adapter.config.clone(), side: Default::default() })
     }
 
+    /// (quantized, all): how many of the base's matrices stay quantized, of how many.
+    pub fn quantized_matrices(&self) -> (usize, usize) {
+        let mut all: Vec<&FrozenWeight> = self.layers.iter().flat_map(|l| l.linears.values().map(|f| &f.w)).collect();
+        all.extend(self.head.iter().chain([&self.embed]));
+        (all.iter().filter(|w| matches!(w, FrozenWeight::Quantized(_))).count(), all.len())
+    }
+
     /// The trainable tensors with their PEFT names, in a fixed order.
     pub fn vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();

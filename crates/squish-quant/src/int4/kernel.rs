@@ -144,6 +144,19 @@ impl Int4Panels {
     }
 }
 
+/// Whether `matmul_with_panels` reads its panels for a call of `t` tokens: only below 16
+/// (larger calls run the prefill GEMM on the matrix itself), and only on x86-64. A caller
+/// can put off making panels (a copy of the matrix) until a call reads them.
+pub fn panels_read_for(t: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return t < crate::x86::int4_gemm::GEMM_MIN_T;
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
 /// `matmul`, taking `panels` (the same matrix laid out by `Int4Panels::new`) for calls of
 /// fewer than 16 tokens: they then compute exactly what the prefill GEMM computes for
 /// larger calls, at the GEMM's efficiency, so every token's result is the same whatever
@@ -152,7 +165,7 @@ impl Int4Panels {
 /// Panics if `x.len() != t*K` or `out.len() != t*N`, or if `panels` is not `w`'s shape.
 pub fn matmul_with_panels(w: &Int4Matrix, panels: Option<&Int4Panels>, x: &[f32], t: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(p) = panels.filter(|_| t < crate::x86::int4_gemm::GEMM_MIN_T) {
+    if let Some(p) = panels.filter(|_| panels_read_for(t)) {
         let p = &p.inner;
         assert!(p.n() == w.n() && p.k() == w.k() && p.g() == w.g(), "int4 panels of another shape");
         check_io("int4 matmul", p.n(), p.k(), x, t, out);
