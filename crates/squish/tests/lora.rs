@@ -47,7 +47,8 @@ fn smollm2_learns_the_style_and_run_shows_it() {
     assert!(out.contains("(frozen, 211 of 211 matrices quantized, used packed)"), "{out}");
     let eval = losses(&out, "eval");
     assert_eq!(eval.len(), 3, "{out}");
-    // Measured: 0.94 -> 0.2 in two epochs of 6 steps; the bound leaves room for noise.
+    // Measured over the INT4 base: 3.41 -> 0.44 -> 0.21 in two epochs of 6 steps; the bound
+    // leaves room for noise.
     assert!(eval[2] < eval[0] * 0.6, "held-out loss {eval:?}\n{out}");
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         assert!(dir.join("adapter").join(f).is_file(), "{f}");
