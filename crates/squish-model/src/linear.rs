@@ -3,7 +3,8 @@
 //! The same type serves token embeddings: a lookup dequantizes only the rows it needs.
 
 use crate::ModelError;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
+use rayon::prelude::*;
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
 use squish_quant::{f16, int3, int4, int8};
@@ -27,11 +28,95 @@ impl GroupParams {
 
 pub enum Weight {
     Dense(Tensor),
-    /// `panels`: the same matrix laid out for the CPU's panel kernel, made on first use
-    /// (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
+    /// `panels`: the same matrix laid out for the CPU's panel kernel, made by the first call
+    /// that reads it (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
     Int4 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int4Panels>> },
     Int3 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize },
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
+}
+
+/// A borrowed view of a quantized weight, for squish-quant's kernels.
+#[derive(Clone, Copy)]
+enum View<'a> {
+    Int4(int4::Int4Matrix<'a>, Option<&'a Int4Panels>),
+    Int3(int3::Int3Matrix<'a>),
+    Int8(int8::Int8Matrix<'a>),
+}
+
+impl Weight {
+    /// (out, in)
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Weight::Dense(w) => (w.dims()[0], w.dims()[1]),
+            Weight::Int4 { n, k, .. } | Weight::Int3 { n, k, .. } | Weight::Int8 { n, k, .. } => (*n, *k),
+        }
+    }
+
+    /// `with_panels`: with INT4's panel layout, made now if not yet (a copy of the codes, so
+    /// only for calls that read it: decode steps, not prefill or training).
+    fn view(&self, with_panels: bool) -> Result<View<'_>, ModelError> {
+        Ok(match self {
+            Weight::Int4 { codes, params, n, k, group, panels } => {
+                let (scales, mins) = params.get()?;
+                let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
+                let p = match with_panels {
+                    true => panels.get_or_init(|| Int4Panels::new(&m)).as_ref(),
+                    false => None,
+                };
+                View::Int4(m, p)
+            }
+            Weight::Int3 { codes, params, n, k, group } => {
+                let (scales, mins) = params.get()?;
+                View::Int3(int3::Int3Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?)
+            }
+            Weight::Int8 { codes, scales, n, k, group } => {
+                View::Int8(int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?)
+            }
+            Weight::Dense(_) => return Err(quant_err("a dense weight has no quantized view")),
+        })
+    }
+
+    /// x (t, in) -> out (t, out) through squish-quant's kernels (quantized weights only).
+    pub(crate) fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        match self.view(int4::panels_read_for(t))? {
+            View::Int4(m, panels) => int4::matmul_with_panels(&m, panels, x, t, out),
+            View::Int3(m) => int3::matmul(&m, x, t, out),
+            View::Int8(m) => int8::matmul(&m, x, t, out),
+        }
+        Ok(())
+    }
+
+    /// Rows r0 .. r0 + out.len() / in, dequantized into `out` (quantized weights only), in
+    /// parallel on the current rayon pool.
+    pub(crate) fn dequantize_rows(&self, r0: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        let (n, k) = self.shape();
+        if out.len() % k != 0 || r0 + out.len() / k > n {
+            return Err(quant_err(format!("rows {r0}.. ({} values) outside a {n} x {k} matrix", out.len())));
+        }
+        let view = self.view(false)?;
+        out.par_chunks_mut(k).enumerate().for_each(|(i, row)| match view {
+            View::Int4(m, _) => int4::dequantize_row(&m, r0 + i, row),
+            View::Int3(m) => int3::dequantize_row(&m, r0 + i, row),
+            View::Int8(m) => int8::dequantize_row(&m, r0 + i, row),
+        });
+        Ok(())
+    }
+
+    /// Rows of the weight as an embedding lookup: ids (t) -> (t, in), f32 for quantized weights.
+    pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor, ModelError> {
+        let (n, k) = self.shape();
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= n) {
+            return Err(ModelError::Tokenizer(format!("token id {bad} is outside the vocabulary of {n}")));
+        }
+        if let Weight::Dense(w) = self {
+            return Ok(w.index_select(&Tensor::new(ids, w.device())?, 0)?);
+        }
+        let mut out = vec![0f32; ids.len() * k];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(k)) {
+            self.dequantize_rows(id as usize, row)?;
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), k), device)?)
+    }
 }
 
 pub struct Linear {
@@ -44,12 +129,14 @@ impl Linear {
         Self { weight, bias }
     }
 
+    /// The weight and the bias, apart (the training model keeps them so).
+    pub fn into_parts(self) -> (Weight, Option<Tensor>) {
+        (self.weight, self.bias)
+    }
+
     /// (out, in)
     pub fn shape(&self) -> (usize, usize) {
-        match &self.weight {
-            Weight::Dense(w) => (w.dims()[0], w.dims()[1]),
-            Weight::Int4 { n, k, .. } | Weight::Int3 { n, k, .. } | Weight::Int8 { n, k, .. } => (*n, *k),
-        }
+        self.weight.shape()
     }
 
     /// x: (batch, seq, in) -> (batch, seq, out)
@@ -61,7 +148,7 @@ impl Linear {
                 let dims = x.dims().to_vec();
                 let t = x.elem_count() / k;
                 let mut out = vec![0f32; t * n];
-                squish_backend::with_f32(x, |xs| self.quantized_matmul(xs, t, &mut out))??;
+                squish_backend::with_f32(x, |xs| self.weight.quantized_matmul(xs, t, &mut out))??;
                 let mut out_dims = dims;
                 *out_dims.last_mut().expect("x has dims") = n;
                 Tensor::from_vec(out, out_dims, x.device())?
@@ -79,29 +166,34 @@ impl Linear {
     /// are the same either way.
     pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, ModelError> {
         let k = x.dim(x.rank() - 1)?;
-        let fusable = layers.len() > 1
-            && layers.iter().all(|l| matches!(&l.weight, Weight::Int4 { k: lk, panels, .. } if *lk == k && panels.get().is_some_and(Option::is_some)));
-        if !fusable {
-            return layers.iter().map(|l| l.forward(x)).collect();
-        }
-        let dims = x.dims().to_vec();
         let t = x.elem_count() / k;
-        let mut matrices = Vec::with_capacity(layers.len());
-        for l in layers {
-            let Weight::Int4 { codes, params, n, k, group, panels } = &l.weight else { unreachable!("checked above") };
-            let (scales, mins) = params.get()?;
-            let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
-            matrices.push((m, panels.get().and_then(Option::as_ref), vec![0f32; t * n]));
-        }
-        let mut parts: Vec<_> = matrices.iter_mut().map(|(m, p, out)| (&*m, *p, out.as_mut_slice())).collect();
+        let fused = match layers.len() > 1 && int4::panels_read_for(t) {
+            true => layers
+                .iter()
+                .map(|l| match &l.weight {
+                    Weight::Int4 { .. } => match l.weight.view(true) {
+                        Ok(View::Int4(m, Some(p))) => Some(Ok((m, p))),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    },
+                    _ => None,
+                })
+                .collect::<Option<Result<Vec<_>, _>>>()
+                .transpose()?,
+            false => None,
+        };
+        let Some(matrices) = fused else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let mut outs: Vec<Vec<f32>> = matrices.iter().map(|(m, _)| vec![0f32; t * m.n()]).collect();
+        let mut parts: Vec<_> = matrices.iter().zip(&mut outs).map(|((m, p), out)| (m, Some(*p), out.as_mut_slice())).collect();
         squish_backend::with_f32(x, |xs| int4::matmul_many_with_panels(&mut parts, xs, t))?;
-        matrices
-            .into_iter()
+        outs.into_iter()
             .zip(layers)
-            .map(|((m, _, out), l)| {
-                let mut out_dims = dims.clone();
-                *out_dims.last_mut().expect("x has dims") = m.n();
-                let y = Tensor::from_vec(out, out_dims, x.device())?;
+            .map(|(out, l)| {
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("x has dims") = l.shape().0;
+                let y = Tensor::from_vec(out, dims, x.device())?;
                 Ok(match &l.bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
@@ -110,63 +202,9 @@ impl Linear {
             .collect()
     }
 
-    fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        match &self.weight {
-            Weight::Int4 { codes, params, n, k, group, panels } => {
-                let (scales, mins) = params.get()?;
-                let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
-                int4::matmul_with_panels(&m, panels.get_or_init(|| Int4Panels::new(&m)).as_ref(), x, t, out);
-            }
-            Weight::Int3 { codes, params, n, k, group } => {
-                let (scales, mins) = params.get()?;
-                let m = int3::Int3Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
-                int3::matmul(&m, x, t, out);
-            }
-            Weight::Int8 { codes, scales, n, k, group } => {
-                let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;
-                int8::matmul(&m, x, t, out);
-            }
-            Weight::Dense(_) => unreachable!("dense weights use candle"),
-        }
-        Ok(())
-    }
-
     /// Rows of the weight as an embedding lookup: ids (t) -> (t, in)
     pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor, ModelError> {
-        let (n, k) = self.shape();
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= n) {
-            return Err(ModelError::Tokenizer(format!("token id {bad} is outside the vocabulary of {n}")));
-        }
-        if let Weight::Dense(w) = &self.weight {
-            return Ok(w.index_select(&Tensor::new(ids, w.device())?, 0)?);
-        }
-        let mut out = Vec::with_capacity(ids.len() * k);
-        for &id in ids {
-            out.extend(self.dequantize_row(id as usize)?);
-        }
-        Ok(Tensor::from_vec(out, (ids.len(), k), device)?.to_dtype(DType::F32)?)
-    }
-
-    fn dequantize_row(&self, r: usize) -> Result<Vec<f32>, ModelError> {
-        let mut out = vec![0f32; self.shape().1];
-        match &self.weight {
-            Weight::Int4 { codes, params, n, k, group, .. } => {
-                let (scales, mins) = params.get()?;
-                let m = int4::Int4Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
-                int4::dequantize_row(&m, r, &mut out);
-            }
-            Weight::Int3 { codes, params, n, k, group } => {
-                let (scales, mins) = params.get()?;
-                let m = int3::Int3Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?;
-                int3::dequantize_row(&m, r, &mut out);
-            }
-            Weight::Int8 { codes, scales, n, k, group } => {
-                let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;
-                int8::dequantize_row(&m, r, &mut out);
-            }
-            Weight::Dense(_) => unreachable!("dense rows use index_select"),
-        }
-        Ok(out)
+        self.weight.rows(ids, device)
     }
 }
 

@@ -1,5 +1,5 @@
 //! `squish lora train`: fine-tune LoRA adapters on JSONL over a frozen base (Hugging Face
-//! dir, GGUF, or a squish INT8/INT4 model, dequantized once to f32), with a progress bar,
+//! dir or GGUF in f32, or a squish INT8/INT4/INT3 model kept quantized), with a progress bar,
 //! evaluation per epoch, checkpoints and resume; adapters are written in PEFT's layout.
 
 use crate::{model_arg, setup};
@@ -47,6 +47,10 @@ pub struct MergeArgs {
 #[command(after_help = "Data: one JSON object per line, either {\"messages\": [{\"role\": \"user\", \"content\": ...},
 {\"role\": \"assistant\", \"content\": ...}]} (rendered with the model's chat template; only the assistant's
 tokens are learned) or {\"text\": \"...\"} (every token learned).
+
+Base: frozen; gradients reach only the adapters. A squish INT8/INT4/INT3 model stays quantized
+(its forward runs the kernels `run` and `serve` use; the backward dequantizes 256 rows at a time),
+so the weights cost their quantized size; a Hugging Face or GGUF base is converted to f32 at load.
 
 Output: DIR/adapter_config.json and DIR/adapter_model.safetensors (Hugging Face PEFT's layout, loadable by
 peft.PeftModel.from_pretrained), DIR/checkpoint-STEP/ every --checkpoint-every steps.
@@ -201,8 +205,12 @@ fn train(args: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
     let model = TrainModel::new(&source, &adapter, args.max_seq, squish_model::lora::DType::F32, &device)?;
     let trainable: usize = model.vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let form = match model.quantized_matrices() {
+        (0, _) => "f32".to_string(),
+        (q, all) => format!("{q} of {all} matrices quantized, used packed"),
+    };
     println!(
-        "base   {} (frozen, f32), loaded in {:.1} s; adapters: rank {}, alpha {}, {} ({:.2} M trainable), {threads} threads",
+        "base   {} (frozen, {form}), loaded in {:.1} s; adapters: rank {}, alpha {}, {} ({:.2} M trainable), {threads} threads",
         path.display(),
         t0.elapsed().as_secs_f64(),
         args.rank,

@@ -3,8 +3,9 @@
 //! batch·heads·seq² tensors per layer; the loss four batch·seq·vocab ones), and compute
 //! gradients for the frozen base weights nobody needs. These keep only their inputs and
 //! recompute the rest in the backward pass. f32 uses squish's vectorized softmax; f64 (for
-//! gradient checks) candle's.
+//! gradient checks) candle's. The base matrices' products are `FrozenWeight`'s.
 
+use super::frozen::FrozenWeight;
 use crate::ModelError;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 
@@ -46,12 +47,12 @@ fn softmax(t: &Tensor, causal: bool) -> candle_core::Result<Tensor> {
 }
 
 /// x (n, in) · Wᵀ for a frozen W (out, in): the backward gives x's gradient, dY · W, only.
-pub(super) fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor, ModelError> {
+pub(super) fn frozen_matmul(x: &Tensor, w: &FrozenWeight) -> Result<Tensor, ModelError> {
     Ok(x.contiguous()?.apply_op1(FrozenMatmul { w: w.clone() })?)
 }
 
 struct FrozenMatmul {
-    w: Tensor,
+    w: FrozenWeight,
 }
 
 impl CustomOp1 for FrozenMatmul {
@@ -60,11 +61,11 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        storage_of(&tensor_of(storage, layout)?.matmul(&self.w.t()?)?)
+        storage_of(&self.w.forward(&tensor_of(storage, layout)?)?)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.w)?))
+        Ok(Some(self.w.input_grad(&grad_res.detach())?))
     }
 }
 
@@ -111,12 +112,12 @@ impl CustomOp3 for CausalAttention {
 /// The mean cross-entropy of rows h (n, hidden) through the head W (vocab, hidden) against
 /// `targets`, without keeping the (n, vocab) logits: rows go through in chunks, and again in
 /// the backward pass.
-pub(super) fn head_loss(h: &Tensor, w: &Tensor, targets: Vec<u32>) -> Result<Tensor, ModelError> {
+pub(super) fn head_loss(h: &Tensor, w: &FrozenWeight, targets: Vec<u32>) -> Result<Tensor, ModelError> {
     Ok(h.contiguous()?.apply_op1(HeadLoss { w: w.clone(), targets })?)
 }
 
 struct HeadLoss {
-    w: Tensor,
+    w: FrozenWeight,
     targets: Vec<u32>,
 }
 
@@ -125,7 +126,7 @@ const LOSS_CHUNK: usize = 128;
 impl HeadLoss {
     /// Softmax probabilities of rows `start..start + len`.
     fn probs(&self, h: &Tensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
-        softmax(&h.narrow(0, start, len)?.matmul(&self.w.t()?)?, false)
+        softmax(&self.w.forward(&h.narrow(0, start, len)?)?, false)
     }
 }
 
@@ -162,7 +163,7 @@ impl CustomOp1 for HeadLoss {
             let idx = Tensor::from_vec(self.targets[start..start + len].to_vec(), (len, 1), &Device::Cpu)?;
             let ones = Tensor::ones((len, 1), p.dtype(), &Device::Cpu)?;
             let d = p.scatter_add(&idx, &ones.neg()?, 1)?;
-            parts.push((d.matmul(&self.w)? * g)?);
+            parts.push((self.w.input_grad(&d)? * g)?);
         }
         Ok(Some(Tensor::cat(&parts, 0)?))
     }

@@ -8,6 +8,9 @@ pub mod adapter;
 pub mod data;
 pub mod merge;
 mod apply;
+mod frozen;
+#[cfg(test)]
+mod frozen_tests;
 mod fused;
 mod train_layer;
 mod train_model;

@@ -6,6 +6,7 @@
 //! batch 4 x 512 tokens on SmolLM2) to one layer's.
 
 use super::adapter::Target;
+use super::frozen::FrozenWeight;
 use super::fused::{causal_attention, frozen_matmul};
 use crate::ModelError;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, TensorId, Var, D};
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 pub(super) struct Frozen {
-    pub w: Tensor, // (out, in)
+    pub w: FrozenWeight, // (out, in)
     pub b: Option<Tensor>,
 }
 
@@ -52,7 +53,7 @@ impl TrainLayer {
             let low = x2.matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)?;
             y = (y + (low * self.scale)?)?;
         }
-        Ok(y.reshape((bsz, seq, f.w.dim(0)?))?)
+        Ok(y.reshape((bsz, seq, f.w.shape().0))?)
     }
 
     pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor, ModelError> {

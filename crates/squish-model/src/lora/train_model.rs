@@ -1,12 +1,13 @@
-//! The decoder again, differentiable, for LoRA training: the base weights frozen as dense
-//! tensors (a squish INT8/INT4 base is dequantized once at load), the adapters as candle
-//! `Var`s, and only ops candle's autograd knows (matmul, softmax, exp, ...), so gradients flow
-//! through the base into the adapters of every earlier layer. Same maths as `Decoder` (a test
-//! compares their logits), none of its inference machinery (KV cache, SIMD kernels, panels),
-//! which has no backward. Each layer runs checkpointed (`train_layer`); batches are
+//! The decoder again, differentiable, for LoRA training: the base weights frozen (dense
+//! tensors, or a squish INT8/INT4/INT3 base kept quantized: `frozen`), the adapters as candle
+//! `Var`s, and ops candle's autograd knows (matmul, softmax, exp, ...) or custom ones with
+//! their own backward (`fused`), so gradients flow through the base into the adapters of
+//! every earlier layer. Same maths as `Decoder` (tests compare their logits), none of its
+//! inference machinery (KV cache, fused attention), which has no backward. Each layer runs checkpointed (`train_layer`); batches are
 //! right-padded, and causal attention never lets a real token see a pad.
 
 use super::adapter::{Adapter, AdapterConfig, LoraPair, Target};
+use super::frozen::FrozenWeight;
 use super::fused::{frozen_matmul, head_loss};
 use super::train_layer::{Frozen, SideGrads, TrainLayer};
 use crate::{ModelConfig, ModelError, RopeScaling, Source};
@@ -16,8 +17,8 @@ use std::sync::Arc;
 
 pub struct TrainModel {
     cfg: ModelConfig,
-    embed: Tensor, // (vocab, hidden)
-    head: Option<Tensor>,
+    embed: FrozenWeight, // (vocab, hidden)
+    head: Option<FrozenWeight>,
     norm: Tensor,
     layers: Vec<Arc<TrainLayer>>,
     config: AdapterConfig,
@@ -39,12 +40,9 @@ impl TrainModel {
     pub fn new(source: &Source, adapter: &Adapter, max_pos: usize, dtype: DType, device: &Device) -> Result<Self, ModelError> {
         let mut cfg = source.config.clone();
         let w = source.weights(device);
-        let dense = |prefix: &str, out: usize, inp: usize| -> Result<Frozen, ModelError> {
-            // Linear::rows dequantizes whatever the stored form is (f32 for dense weights).
-            let all: Vec<u32> = (0..out as u32).collect();
-            let weight = w.linear(prefix, out, inp)?.rows(&all, device)?.to_dtype(dtype)?;
-            let b = w.maybe(&format!("{prefix}.bias"), &[out])?.map(|b| b.to_dtype(dtype)).transpose()?;
-            Ok(Frozen { w: weight, b })
+        let frozen = |prefix: &str, out: usize, inp: usize| -> Result<Frozen, ModelError> {
+            let (weight, b) = w.linear(prefix, out, inp)?.into_parts();
+            Ok(Frozen { w: FrozenWeight::new(weight, dtype)?, b: b.map(|b| b.to_dtype(dtype)).transpose()? })
         };
         let (h, hd) = (cfg.hidden, cfg.head_dim);
         let get = |name: &str, shape: &[usize]| -> Result<Tensor, ModelError> { Ok(w.get(name, shape)?.to_dtype(dtype)?) };
@@ -66,7 +64,7 @@ impl TrainModel {
             let mut linears = BTreeMap::new();
             for t in Target::ALL {
                 let (out, inp) = t.shape(&cfg);
-                linears.insert(t, dense(&format!("{p}.{}", t.module()), out, inp)?);
+                linears.insert(t, frozen(&format!("{p}.{}", t.module()), out, inp)?);
             }
             let mut lora = BTreeMap::new();
             for (&(_, t), pair) in adapter.pairs.range((i, Target::Q)..=(i, Target::Down)) {
@@ -88,13 +86,20 @@ impl TrainModel {
                 sin: sin.clone(),
             }));
         }
-        let embed = dense("model.embed_tokens", cfg.vocab, h)?.w;
+        let embed = frozen("model.embed_tokens", cfg.vocab, h)?.w;
         let head = match w.has("lm_head.weight") && !cfg.tie_embeddings {
-            true => Some(dense("lm_head", cfg.vocab, h)?.w),
+            true => Some(frozen("lm_head", cfg.vocab, h)?.w),
             false => None,
         };
         let norm = get("model.norm.weight", &[h])?;
         Ok(Self { cfg, embed, head, norm, layers, config: adapter.config.clone(), side: Default::default() })
+    }
+
+    /// (quantized, all): how many of the base's matrices stay quantized, of how many.
+    pub fn quantized_matrices(&self) -> (usize, usize) {
+        let mut all: Vec<&FrozenWeight> = self.layers.iter().flat_map(|l| l.linears.values().map(|f| &f.w)).collect();
+        all.extend(self.head.iter().chain([&self.embed]));
+        (all.iter().filter(|w| matches!(w, FrozenWeight::Quantized(_))).count(), all.len())
     }
 
     /// The trainable tensors with their PEFT names, in a fixed order.
@@ -125,7 +130,7 @@ impl TrainModel {
     /// tokens (batch, seq) -> final hidden states after the last norm, (batch, seq, hidden)
     pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
         let (bsz, seq) = tokens.dims2()?;
-        let x = self.embed.index_select(&tokens.flatten_all()?, 0)?.reshape((bsz, seq, self.cfg.hidden))?;
+        let x = self.embed.rows(&tokens.flatten_all()?, self.norm.dtype())?.reshape((bsz, seq, self.cfg.hidden))?;
         // A variable, so that the first checkpointed layer is part of the graph too.
         let mut x = Var::from_tensor(&x)?.as_tensor().clone();
         for layer in &self.layers {

@@ -144,6 +144,19 @@ impl Int4Panels {
     }
 }
 
+/// Whether `matmul_with_panels` reads its panels for a call of `t` tokens: only below 16
+/// (larger calls run the prefill GEMM on the matrix itself), and only on x86-64. A caller
+/// can put off making panels (a copy of the matrix) until a call reads them.
+pub fn panels_read_for(t: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return t < crate::x86::int4_gemm::GEMM_MIN_T;
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
 /// `matmul`, taking `panels` (the same matrix laid out by `Int4Panels::new`) for calls of
 /// fewer than 16 tokens: they then compute exactly what the prefill GEMM computes for
 /// larger calls, at the GEMM's efficiency, so every token's result is the same whatever
@@ -164,7 +177,7 @@ pub fn matmul_many_with_panels(parts: &mut [(&Int4Matrix, Option<&Int4Panels>, &
     #[cfg(target_arch = "x86_64")]
     {
         let (k, g) = parts.first().map_or((0, 0), |(w, ..)| (w.k(), w.g()));
-        let fused = t < crate::x86::int4_gemm::GEMM_MIN_T
+        let fused = panels_read_for(t)
             && parts.iter().all(|(w, p, _)| p.is_some() && w.k() == k && w.g() == g);
         if fused && t > 0 {
             for (w, p, out) in parts.iter() {

@@ -17,7 +17,7 @@ pub(crate) mod quant;
 mod reference;
 
 pub use gptq::{quantize_gptq, GptqFactor};
-pub use kernel::{matmul, matmul_many_with_panels, matmul_scalar, matmul_with_panels, Int4Panels};
+pub use kernel::{matmul, matmul_many_with_panels, matmul_scalar, matmul_with_panels, panels_read_for, Int4Panels};
 #[cfg(test)]
 pub(crate) use kernel::matmul_with;
 pub use quant::{quantize, quantize_minmax, quantize_with_error};
