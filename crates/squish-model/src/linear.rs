@@ -6,6 +6,7 @@ use crate::ModelError;
 use candle_core::{DType, Device, Module, Tensor};
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
+use squish_quant::rotate::Rotation;
 use squish_quant::{f16, int3, int4, int8};
 use std::sync::OnceLock;
 
@@ -37,11 +38,19 @@ pub enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// A quantized weight stored as W Rᵀ: inputs are rotated by R before the matmul, and
+    /// rows looked up are rotated back.
+    rotation: Option<Rotation>,
 }
 
 impl Linear {
     pub fn new(weight: Weight, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, rotation: None }
+    }
+
+    /// A quantized weight stored rotated by `rotation` (of width `in`).
+    pub fn rotated(weight: Weight, bias: Option<Tensor>, rotation: Rotation) -> Self {
+        Self { weight, bias, rotation: Some(rotation) }
     }
 
     /// (out, in)
@@ -60,7 +69,10 @@ impl Linear {
                 let (n, k) = self.shape();
                 let dims = x.dims().to_vec();
                 let t = x.elem_count() / k;
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+                if let Some(r) = &self.rotation {
+                    r.apply(&mut xs);
+                }
                 let mut out = vec![0f32; t * n];
                 self.quantized_matmul(&xs, t, &mut out)?;
                 let mut out_dims = dims;
@@ -129,6 +141,9 @@ impl Linear {
                 int8::dequantize_row(&m, r, &mut out);
             }
             Weight::Dense(_) => unreachable!("dense rows use index_select"),
+        }
+        if let Some(r) = &self.rotation {
+            r.apply_inverse(&mut out);
         }
         Ok(out)
     }
