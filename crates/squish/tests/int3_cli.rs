@@ -100,9 +100,9 @@ fn kld_against_base(model: &Path, base: &Path) -> f64 {
 }
 
 /// Issue 6's rotation: `--to int3` stores every matrix rotated (format version 2, the
-/// signs beside the codes; with `--embedding int3` the embeddings too, whose lookups rotate
-/// back), and a run applies it: the same files read as if unrotated (the manifest's
-/// rotations removed, as a version 1 reader would) are far from the base.
+/// signs beside the codes; the embeddings too, here at 3 bits, whose lookups rotate back),
+/// and a run applies it: the same files read as if unrotated (the manifest's rotations
+/// removed, as a version 1 reader would) are far from the base.
 #[test]
 fn issue6_int3_rotation_is_stored_and_applied() {
     let base = tiny("qwen3");

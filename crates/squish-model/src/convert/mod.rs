@@ -100,9 +100,8 @@ pub fn convert(
             }
             _ => choose(spec, opts.scheme, group),
         })
-        // Every matrix of the int3 recipe is stored rotated, but INT4 embeddings (their rows
-        // are looked up, and as the LM head they were not measured to gain).
-        .map(|c| if opts.scheme == Scheme::Int3 && (!plan::is_embedding(&c.spec.name) || matches!(c.storage, Storage::Int3 { .. })) { c.rotated() } else { c })
+        // Every matrix of the int3 recipe is stored rotated (`squish_quant::rotate`).
+        .map(|c| if opts.scheme == Scheme::Int3 { c.rotated() } else { c })
         .collect();
 
     // Write everything under a marked temporary sibling; rename only once complete.
