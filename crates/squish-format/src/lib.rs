@@ -15,6 +15,7 @@ pub use gguf::{GgufFile, GgufValue};
 pub use hf_dir::HfDir;
 pub use manifest::{
     CalibrationInfo, Manifest, ShardEntry, SourceInfo, TensorEntry, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST_FILE,
+    OLDEST_READABLE_VERSION,
 };
 pub use mapped::Mapped;
 pub use safetensors::Dtype as StDtype;

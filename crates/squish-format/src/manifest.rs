@@ -6,8 +6,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const MANIFEST_FILE: &str = "squish.json";
-/// The version this build writes and reads. Bump on any change to the bytes a reader expects.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this build writes and reads. Bump on any change to the bytes a reader
+/// expects. 2: a tensor may be stored rotated (`TensorEntry::rotation`); a directory with
+/// none is written as version 1, which older readers still open.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads (every later one up to FORMAT_VERSION).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Present while a conversion is writing the directory; a directory holding it is refused.
 pub const INCOMPLETE_MARKER: &str = ".squish-incomplete";
 
@@ -63,6 +67,11 @@ pub struct TensorEntry {
     /// Why this tensor's scheme differs from the one asked for, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Stored as W Rᵀ with R a randomized Hadamard rotation of the input dimension in blocks
+    /// of this size (its signs in `<name>.signs`): inputs must be rotated by R first.
+    /// Format version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -4,7 +4,7 @@
 //! `verify` recomputes the checksums.
 
 use crate::hf_dir::HfDir;
-use crate::manifest::{Manifest, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST_FILE};
+use crate::manifest::{Manifest, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST_FILE, OLDEST_READABLE_VERSION};
 use crate::writer::sha256_file;
 use crate::{FormatError, Result};
 use std::path::Path;
@@ -67,10 +67,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         return Err(FormatError::invalid(&path, "not a squish manifest (no \"format\": \"squish\")"));
     }
     let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-    if version != u64::from(FORMAT_VERSION) {
+    if !(u64::from(OLDEST_READABLE_VERSION)..=u64::from(FORMAT_VERSION)).contains(&version) {
         return Err(FormatError::invalid(
             &path,
-            format!("format version {version}; this squish reads version {FORMAT_VERSION} (convert the model again)"),
+            format!(
+                "format version {version}; this squish reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} (convert the model again, or update squish)"
+            ),
         ));
     }
     serde_json::from_value(value).map_err(|e| FormatError::invalid(&path, format!("invalid manifest: {e}")))

@@ -7,6 +7,7 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
+use squish_quant::rotate::Rotation;
 use squish_quant::{f16, int3, int4, int8};
 use std::sync::OnceLock;
 
@@ -122,11 +123,23 @@ impl Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// Set when the quantized weight is stored rotated on its input dimension (INT3): inputs
+    /// are rotated the same way before the matmul, looked-up rows rotated back.
+    rotation: Option<Rotation>,
 }
 
 impl Linear {
     pub fn new(weight: Weight, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, rotation: None }
+    }
+
+    /// A quantized weight stored rotated by `rotation` (of width `in`).
+    pub fn rotated(weight: Weight, bias: Option<Tensor>, rotation: Rotation) -> Self {
+        Self { weight, bias, rotation: Some(rotation) }
+    }
+
+    pub fn rotation(&self) -> Option<&Rotation> {
+        self.rotation.as_ref()
     }
 
     /// The weight and the bias, apart (the training model keeps them so).
@@ -148,7 +161,14 @@ impl Linear {
                 let dims = x.dims().to_vec();
                 let t = x.elem_count() / k;
                 let mut out = vec![0f32; t * n];
-                squish_backend::with_f32(x, |xs| self.weight.quantized_matmul(xs, t, &mut out))??;
+                match &self.rotation {
+                    Some(r) => {
+                        let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+                        r.apply(&mut xs);
+                        self.weight.quantized_matmul(&xs, t, &mut out)?;
+                    }
+                    None => squish_backend::with_f32(x, |xs| self.weight.quantized_matmul(xs, t, &mut out))??,
+                }
                 let mut out_dims = dims;
                 *out_dims.last_mut().expect("x has dims") = n;
                 Tensor::from_vec(out, out_dims, x.device())?
@@ -167,7 +187,8 @@ impl Linear {
     pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>, ModelError> {
         let k = x.dim(x.rank() - 1)?;
         let t = x.elem_count() / k;
-        let fused = match layers.len() > 1 && int4::panels_read_for(t) {
+        let plain = layers.iter().all(|l| l.rotation.is_none());
+        let fused = match layers.len() > 1 && plain && int4::panels_read_for(t) {
             true => layers
                 .iter()
                 .map(|l| match &l.weight {
@@ -204,7 +225,11 @@ impl Linear {
 
     /// Rows of the weight as an embedding lookup: ids (t) -> (t, in)
     pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor, ModelError> {
-        self.weight.rows(ids, device)
+        let rows = self.weight.rows(ids, device)?;
+        let Some(r) = &self.rotation else { return Ok(rows) };
+        let mut v = rows.flatten_all()?.to_vec1::<f32>()?;
+        r.apply_inverse(&mut v);
+        Ok(Tensor::from_vec(v, rows.shape(), device)?)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::linear::{GroupParams, Linear, Weight};
 use crate::ModelError;
 use candle_core::{DType, Device, Tensor};
 use squish_format::{Mapped, ModelFiles, StDtype};
+use squish_quant::rotate::Rotation;
 use std::sync::Arc;
 
 pub struct Weights<'a> {
@@ -34,11 +35,11 @@ impl<'a> Weights<'a> {
         let name = format!("{prefix}.weight");
         let bias = self.maybe(&format!("{prefix}.bias"), &[out])?;
         let quantized = match self.files.as_ref() {
-            ModelFiles::Squish(s) => s.manifest().tensors.get(&name).map(|e| (e.scheme.clone(), e.group_size, e.shape.clone())),
+            ModelFiles::Squish(s) => s.manifest().tensors.get(&name).map(|e| (e.scheme.clone(), e.group_size, e.shape.clone(), e.rotation)),
             _ => None,
         };
         let weight = match quantized {
-            Some((scheme, Some(group), shape)) if ["int4", "int4p8", "int3", "int8"].contains(&scheme.as_str()) => {
+            Some((scheme, Some(group), shape, rotation)) if ["int4", "int4p8", "int3", "int8"].contains(&scheme.as_str()) => {
                 if shape != [out, inp] {
                     return Err(ModelError::unsupported(
                         self.files.path(),
@@ -62,7 +63,7 @@ impl<'a> Weights<'a> {
                         .map_err(|e| ModelError::unsupported(self.files.path(), format!("tensor `{name}`: {e}")))?;
                     Ok(GroupParams::Expanded { scales, mins })
                 };
-                match scheme.as_str() {
+                let weight = match scheme.as_str() {
                     "int4" | "int4p8" => Weight::Int4 {
                         codes: part("q4", StDtype::U8)?,
                         params: params(scheme == "int4p8")?,
@@ -73,7 +74,14 @@ impl<'a> Weights<'a> {
                     },
                     "int3" => Weight::Int3 { codes: part("q3", StDtype::U8)?, params: params(true)?, n: out, k: inp, group },
                     _ => Weight::Int8 { codes: part("q8", StDtype::I8)?, scales: part("scales", StDtype::F16)?, n: out, k: inp, group },
+                };
+                if let Some(block) = rotation {
+                    let signs = part("signs", StDtype::U8)?;
+                    let r = Rotation::from_sign_bits(signs.bytes(), inp, block)
+                        .map_err(|e| ModelError::unsupported(self.files.path(), format!("tensor `{name}`: {e}")))?;
+                    return Ok(Linear::rotated(weight, bias, r));
                 }
+                weight
             }
             _ => Weight::Dense(self.get(&name, &[out, inp])?),
         };

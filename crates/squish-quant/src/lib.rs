@@ -13,6 +13,9 @@
 //!   ([`params8`], which INT4 can use too).
 //! - [`int8`]: symmetric 8-bit, group-wise (f16 scale per group); its matmul keeps
 //!   activations in f32.
+//! - [`rotate`]: a randomized Hadamard rotation of a matrix's input dimension, which a
+//!   converter applies to the weights (and their Hessian) and a caller to each token's
+//!   activations before any of the matmuls above: outliers spread, so low-bit groups fit.
 //!
 //! Each has a quantizer (clipping search, optional per-input-channel importance), a
 //! dequantizer, an exact scalar reference matmul and the fast matmul. Kernels take borrowed
@@ -42,6 +45,7 @@ pub mod int8;
 mod isa;
 mod matmul;
 pub mod params8;
+pub mod rotate;
 pub mod team;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -114,10 +114,11 @@ fn unknown_format_version_is_refused() {
     let dir = converted_tiny("format_version");
     let path = dir.join("squish.json");
     let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(m["version"], 1, "int4 stores nothing rotated: version 1 readers open it");
     m["version"] = 99.into();
     std::fs::write(&path, m.to_string()).unwrap();
     let o = squish().args(["run", "--prompt", "hi"]).arg(&dir).output().unwrap();
-    assert_clean_failure(&o, "squish.json: format version 99; this squish reads version 1");
+    assert_clean_failure(&o, "squish.json: format version 99; this squish reads versions 1 to 2");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use crate::decoder::{Decoder, Layer};
 use crate::{ModelError, Observer, Source, Tap, DEFAULT_CTX};
 use candle_core::{Device, Tensor};
 use squish_quant::int4::GptqFactor;
+use squish_quant::rotate::Rotation;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -26,8 +27,9 @@ pub struct ActivationStats {
     grams: HashMap<Tap, Vec<f64>>,
     rows: HashMap<Tap, usize>,
     /// GPTQ's factor per tap, made on first use (from the tap's sums, which it consumes) and
-    /// shared by the matrices reading that tap.
-    factors: HashMap<Tap, Arc<GptqFactor>>,
+    /// shared by the matrices reading that tap, with the input rotation it was made for
+    /// (its block size; None: unrotated).
+    factors: HashMap<Tap, (Option<usize>, Arc<GptqFactor>)>,
     /// E[x²] per channel of taps whose sums became a factor.
     diagonals: HashMap<Tap, Vec<f32>>,
 }
@@ -51,18 +53,26 @@ impl ActivationStats {
         Some((0..k).map(|i| (gram[i * k + i] / n) as f32).collect())
     }
 
-    /// GPTQ's factor of the Hessian at `tap`.
-    pub fn gptq_factor(&mut self, tap: Tap) -> Option<Arc<GptqFactor>> {
+    /// GPTQ's factor of the Hessian at `tap`, of the inputs as `rotation` maps them
+    /// (R H Rᵀ). Every matrix reading one tap must ask with the same rotation (the
+    /// converter rotates by input width): the first call consumes the sums.
+    pub fn gptq_factor(&mut self, tap: Tap, rotation: Option<&Rotation>) -> Option<Arc<GptqFactor>> {
+        let block = rotation.map(Rotation::block);
         if !self.factors.contains_key(&tap) {
             // The sums become the mean in place and then the factor: no second k x k copy.
             let diagonal = self.importance(tap)?;
             let mut h = self.grams.remove(&tap)?;
             let n = self.rows[&tap] as f64;
             h.iter_mut().for_each(|x| *x /= n);
-            self.factors.insert(tap, Arc::new(GptqFactor::new(h, diagonal.len())));
+            if let Some(r) = rotation {
+                r.rotate_symmetric(&mut h);
+            }
+            self.factors.insert(tap, (block, Arc::new(GptqFactor::new(h, diagonal.len()))));
             self.diagonals.insert(tap, diagonal);
         }
-        self.factors.get(&tap).cloned()
+        let (made_for, factor) = &self.factors[&tap];
+        assert_eq!(*made_for, block, "{tap:?}: GPTQ factors of one input asked for with two rotations");
+        Some(factor.clone())
     }
 
     fn keep_only(&mut self, keep: impl Fn(&Tap) -> bool) {

@@ -19,6 +19,7 @@ use squish_format::{
     SourceInfo, SquishDir, TensorEntry, FORMAT_VERSION, INCOMPLETE_MARKER, MANIFEST_FILE,
 };
 use squish_quant::grouped::Layout;
+use squish_quant::rotate::Rotation;
 use squish_quant::{int3, int4, int8, params8};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,8 @@ pub fn convert(
             }
             _ => choose(spec, opts.scheme, group),
         })
+        // Every matrix of the int3 recipe is stored rotated (`squish_quant::rotate`).
+        .map(|c| if opts.scheme == Scheme::Int3 { c.rotated() } else { c })
         .collect();
 
     // Write everything under a marked temporary sibling; rename only once complete.
@@ -155,6 +158,7 @@ pub fn convert(
                 group_size: c.group(),
                 bits_per_weight: c.bytes() as f64 * 8.0 / c.params() as f64,
                 note: c.note.clone(),
+                rotation: c.rotation,
             };
             (c.spec.name.clone(), entry)
         })
@@ -162,7 +166,8 @@ pub fn convert(
     let (source_hash, source_bytes) = source_identity(files)?;
     let manifest = Manifest {
         format: "squish".into(),
-        version: FORMAT_VERSION,
+        // Version 1 readers open what has no rotated tensor.
+        version: if choices.iter().any(|c| c.rotation.is_some()) { FORMAT_VERSION } else { 1 },
         created_by: format!("squish {}", env!("CARGO_PKG_VERSION")),
         source: SourceInfo {
             path: src_path.display().to_string(),
@@ -203,17 +208,44 @@ pub fn convert(
     })
 }
 
+/// The seed of every stored rotation's signs: one rotation per input width, so the matrices
+/// reading one input share its rotated Hessian.
+const ROTATION_SEED: u64 = 0x5155_4953_4833;
+
 /// The stored bytes of each part of `choice`, in `parts()` order. With calibration
-/// statistics, int4, int4p8 and int3 use GPTQ and int8 the activation-weighted search.
+/// statistics, int4, int4p8 and int3 use GPTQ and int8 the activation-weighted search. A
+/// rotated choice quantizes W Rᵀ against the rotated inputs' statistics (R H Rᵀ) and ends
+/// with R's sign bits.
 fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate::ActivationStats, Tap)>) -> Vec<Vec<u8>> {
     let shape = &choice.spec.shape;
-    let importance = calib.as_ref().and_then(|(s, tap)| s.importance(*tap));
+    let rotation = choice.rotation.map(|block| {
+        let r = Rotation::random(shape[1], ROTATION_SEED);
+        assert_eq!(r.block(), block, "the plan's block is block_for(k)");
+        r
+    });
+    let rotated;
+    let data = match &rotation {
+        Some(r) => {
+            let mut w = data.to_vec();
+            r.apply(&mut w);
+            rotated = w;
+            &rotated[..]
+        }
+        None => data,
+    };
+    let grouped = matches!(choice.storage, Storage::Int4 { .. } | Storage::Int3 { .. } | Storage::Int4P8 { .. });
+    let factor = calib.as_mut().filter(|_| grouped).and_then(|(s, tap)| s.gptq_factor(*tap, rotation.as_ref()));
+    let importance = match (&rotation, calib.as_mut()) {
+        (Some(r), Some((s, tap))) => s.gptq_factor(*tap, Some(r)).map(|f| f.diagonal().to_vec()),
+        (None, Some((s, tap))) => s.importance(*tap),
+        (_, None) => None,
+    };
     let importance = importance.as_deref();
-    match choice.storage {
+    let mut parts = match choice.storage {
         Storage::Int4 { group } => {
             let (n, k) = (shape[0], shape[1]);
-            let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
-                Some(f) => int4::quantize_gptq(data, n, k, group, &f),
+            let q = match &factor {
+                Some(f) => int4::quantize_gptq(data, n, k, group, f),
                 None => int4::quantize(data, n, k, group, importance),
             };
             let (codes, scales, mins) = q.into_parts();
@@ -221,16 +253,16 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
         }
         Storage::Int3 { group } => {
             let (n, k) = (shape[0], shape[1]);
-            let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
-                Some(f) => int3::quantize_gptq(data, n, k, group, &f),
+            let q = match &factor {
+                Some(f) => int3::quantize_gptq(data, n, k, group, f),
                 None => int3::quantize(data, n, k, group, importance),
             };
             stored_parts(q)
         }
         Storage::Int4P8 { group } => {
             let (n, k) = (shape[0], shape[1]);
-            let q = match calib.as_mut().and_then(|(s, tap)| s.gptq_factor(*tap)) {
-                Some(f) => int4::quantize_gptq_p8(data, n, k, group, &f),
+            let q = match &factor {
+                Some(f) => int4::quantize_gptq_p8(data, n, k, group, f),
                 None => int4::quantize_p8(data, n, k, group, importance),
             };
             stored_parts(q)
@@ -244,7 +276,9 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
             squish_format::StoredDtype::BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
             _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }],
-    }
+    };
+    parts.extend(rotation.map(|r| r.sign_bits()));
+    parts
 }
 
 /// A matrix with 8-bit group parameters as its stored parts: codes, scale codes, min codes,

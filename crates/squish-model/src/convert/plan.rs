@@ -65,6 +65,9 @@ pub struct TensorChoice {
     pub spec: TensorSpec,
     pub storage: Storage,
     pub note: Option<String>,
+    /// Stored rotated (`squish_quant::rotate`) in blocks of this size: its signs are one
+    /// more part.
+    pub rotation: Option<usize>,
 }
 
 impl TensorChoice {
@@ -93,7 +96,7 @@ impl TensorChoice {
     pub fn parts(&self) -> Vec<PlannedTensor> {
         let name = &self.spec.name;
         let shape = &self.spec.shape;
-        match self.storage {
+        let mut parts = match self.storage {
             Storage::Int4 { group } => {
                 let (n, k) = (shape[0], shape[1]);
                 vec![
@@ -122,8 +125,20 @@ impl TensorChoice {
                     PlannedTensor::new(format!("{name}.scales"), StoredDtype::F16, &[n, k / group]),
                 ]
             }
-            Storage::Dense(dtype) => vec![PlannedTensor::new(name.clone(), dtype, shape)],
+            Storage::Dense(dtype) => return vec![PlannedTensor::new(name.clone(), dtype, shape)],
+        };
+        if self.rotation.is_some() {
+            parts.push(PlannedTensor::new(format!("{name}.signs"), StoredDtype::U8, &[shape[1].div_ceil(8)]));
         }
+        parts
+    }
+
+    /// The same choice stored rotated (quantized matrices only; a dense one is kept as is).
+    pub fn rotated(mut self) -> Self {
+        if !matches!(self.storage, Storage::Dense(_)) {
+            self.rotation = Some(squish_quant::rotate::block_for(self.spec.shape[1]));
+        }
+        self
     }
 
     pub fn params(&self) -> usize {
@@ -141,7 +156,9 @@ impl TensorChoice {
 /// and last two layers: where a fourth bit bought the most perplexity per bit on
 /// SmolLM2-135M (8 windows, 10k calibration tokens: v_proj -0.8 PPL for +0.025 bits/weight,
 /// k_proj -0.3 for +0.025, those four down_proj -0.3 for +0.026, the embeddings -1.4 for
-/// +0.2; all down_proj only -1.1 for +0.2). 3.59 bits/weight on SmolLM2-135M.
+/// +0.2; all down_proj only -1.1 for +0.2). 3.59 bits/weight on SmolLM2-135M. With the
+/// rotation, paying for o_proj at 4 bits with groups of 192 on gate, up and q measured
+/// worse (40 windows, 32k tokens: +2.00 against +1.89).
 pub fn int3_keeps_int4(name: &str, layers: usize) -> bool {
     if matches!(name, "model.embed_tokens.weight" | "lm_head.weight") {
         return true;
@@ -157,7 +174,7 @@ pub fn int3_keeps_int4(name: &str, layers: usize) -> bool {
 
 /// The storage of `spec` under `scheme` with groups of `group` inputs.
 pub fn choose(spec: &TensorSpec, scheme: Scheme, group: usize) -> TensorChoice {
-    let dense = |dtype, note: Option<String>| TensorChoice { spec: spec.clone(), storage: Storage::Dense(dtype), note };
+    let dense = |dtype, note: Option<String>| TensorChoice { spec: spec.clone(), storage: Storage::Dense(dtype), note, rotation: None };
     if spec.shape.len() != 2 {
         return dense(StoredDtype::F32, None);
     }
@@ -165,7 +182,7 @@ pub fn choose(spec: &TensorSpec, scheme: Scheme, group: usize) -> TensorChoice {
     let int8 = |note: Option<String>| {
         if k % 32 == 0 {
             let g = if k % group == 0 && group % 32 == 0 { group } else { 32 };
-            TensorChoice { spec: spec.clone(), storage: Storage::Int8 { group: g }, note }
+            TensorChoice { spec: spec.clone(), storage: Storage::Int8 { group: g }, note, rotation: None }
         } else {
             dense(StoredDtype::F16, Some(format!("f16: {k} inputs is not a multiple of 32")))
         }
@@ -177,7 +194,7 @@ pub fn choose(spec: &TensorSpec, scheme: Scheme, group: usize) -> TensorChoice {
             g /= 2;
         }
         let note = (g != group).then(|| format!("group {g}: {k} inputs is not a multiple of {group}"));
-        TensorChoice { spec: spec.clone(), storage: storage(g), note }
+        TensorChoice { spec: spec.clone(), storage: storage(g), note, rotation: None }
     };
     match scheme {
         Scheme::Int4 if k % 64 == 0 => grouped(|group| Storage::Int4 { group }),
@@ -228,6 +245,12 @@ mod tests {
         let c = choose(&spec(&[1536, 576]), Scheme::Int4P8, 64);
         assert_eq!(c.bytes() * 8, 1536 * (576 * 4 + 9 * 16 + 32));
         assert_eq!(c.scheme_name(), "int4p8");
+        // A rotated matrix stores its K sign bits too.
+        let c = choose(&spec(&[1536, 576]), Scheme::Int3, 64).rotated();
+        assert_eq!(c.rotation, Some(64));
+        assert_eq!(c.bytes() * 8, 1536 * (576 * 3 + 9 * 16 + 32) + 576);
+        assert_eq!(c.parts().last().unwrap().name, "w.signs");
+        assert_eq!(choose(&spec(&[576]), Scheme::Int3, 64).rotated().rotation, None, "vectors stay as they are");
         assert!(int3_keeps_int4("model.embed_tokens.weight", 30) && int3_keeps_int4("model.layers.3.self_attn.v_proj.weight", 30));
         assert!(!int3_keeps_int4("model.layers.3.self_attn.q_proj.weight", 30));
         let downs: Vec<usize> = (0..30).filter(|i| int3_keeps_int4(&format!("model.layers.{i}.mlp.down_proj.weight"), 30)).collect();

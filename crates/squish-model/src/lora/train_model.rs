@@ -41,7 +41,14 @@ impl TrainModel {
         let mut cfg = source.config.clone();
         let w = source.weights(device);
         let frozen = |prefix: &str, out: usize, inp: usize| -> Result<Frozen, ModelError> {
-            let (weight, b) = w.linear(prefix, out, inp)?.into_parts();
+            let linear = w.linear(prefix, out, inp)?;
+            if linear.rotation().is_some() {
+                // The frozen ops would have to rotate inputs and gradients as inference does.
+                return Err(ModelError::Adapter(format!(
+                    "{prefix} is stored rotated (an INT3 model): train over the source model or an INT4/INT8 conversion, then run the adapter on this one"
+                )));
+            }
+            let (weight, b) = linear.into_parts();
             Ok(Frozen { w: FrozenWeight::new(weight, dtype)?, b: b.map(|b| b.to_dtype(dtype)).transpose()? })
         };
         let (h, hd) = (cfg.hidden, cfg.head_dim);

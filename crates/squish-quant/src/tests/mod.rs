@@ -6,4 +6,5 @@ mod int4_quant;
 mod int8_quant;
 mod kernels;
 mod layout;
+mod rotate;
 mod util;
