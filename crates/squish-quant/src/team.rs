@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -67,6 +68,8 @@ struct Team {
     completed: AtomicUsize,
     /// The current region's `Job`, behind a thin pointer; read only after claiming a task.
     job: AtomicPtr<()>,
+    /// A helper's task of the current region panicked.
+    panicked: AtomicBool,
 }
 
 struct Helper {
@@ -86,6 +89,7 @@ fn team() -> &'static Team {
             tasks: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
+            panicked: AtomicBool::new(false),
         }));
         // The helpers' first `team()` blocks until this initialisation returns.
         team.helpers = (0..count)
@@ -113,16 +117,25 @@ impl Team {
                 h.thread.unpark();
             }
         }
+        self.panicked.store(false, Relaxed);
         let mut mine = 0;
-        while let Some(i) = self.claim(epoch) {
-            job(i);
-            mine += 1;
-        }
+        // A panicking task must not unwind past the helpers still using `job` (it lives in
+        // this frame): every task is waited for, then the panic goes on.
+        let mine_result = catch_unwind(AssertUnwindSafe(|| {
+            while let Some(i) = self.claim(epoch) {
+                mine += 1;
+                job(i);
+            }
+        }));
         self.completed.fetch_add(mine, AcqRel);
         let mut spins = 0u32;
         while self.completed.load(Acquire) < n {
             relax(&mut spins);
         }
+        if let Err(panic) = mine_result {
+            resume_unwind(panic);
+        }
+        assert!(!self.panicked.load(Acquire), "a task of a parallel region panicked on a team thread");
     }
 
     /// The next task of region `epoch`, if one is left.
@@ -181,8 +194,11 @@ fn helper_loop(index: usize) {
             // SAFETY: a claimed task of this epoch means the caller is still in `run`,
             // keeping the job it published for this epoch alive until `completed` counts it.
             let job = unsafe { *(team.job.load(Acquire) as *const Job<'_>) };
-            job(i);
             mine += 1;
+            // Counted as done either way, so the caller never waits forever; it re-raises.
+            if catch_unwind(AssertUnwindSafe(|| job(i))).is_err() {
+                team.panicked.store(true, Release);
+            }
         }
         if mine > 0 {
             team.completed.fetch_add(mine, AcqRel);
@@ -193,6 +209,26 @@ fn helper_loop(index: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task that panics, on whichever thread, makes the caller panic after every task has
+    /// ended, and the team still works afterwards.
+    #[test]
+    fn a_panicking_task_reaches_the_caller() {
+        for victim in [0, 7] {
+            let mut v: Vec<usize> = (0..8).collect();
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                for_each_mut(&mut v, |x| {
+                    if *x == victim {
+                        panic!("task {victim}");
+                    }
+                })
+            }));
+            assert!(r.is_err());
+        }
+        let mut v = vec![1usize; 16];
+        for_each_mut(&mut v, |x| *x += 1);
+        assert!(v.iter().all(|&x| x == 2));
+    }
 
     /// Every item is visited exactly once, whether the team or rayon runs the region, and
     /// concurrent callers (which fall back to rayon) do not disturb each other.
