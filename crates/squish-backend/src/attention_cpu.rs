@@ -345,21 +345,6 @@ fn attend_body(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
     }
 }
 
-/// A reduction in 16 independent lanes (then across them), so it vectorizes: a single
-/// running float accumulator cannot be reordered by the compiler.
-#[inline(always)]
-fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 16];
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
-    for c in chunks {
-        for l in 0..16 {
-            acc[l] = f(acc[l], c[l]);
-        }
-    }
-    acc.iter().fold(rest, |a, &x| f(a, x))
-}
-
 /// Dot product in 16 independent lanes, so it vectorizes without reassociation flags.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -395,48 +380,8 @@ fn tree_sum(mut acc: [f32; 16]) -> f32 {
 pub fn causal_softmax_in_place(scores: &mut [f32], q_len: usize, kv_len: usize, start: usize, scale: f32) {
     scores.par_chunks_mut(kv_len).enumerate().for_each(|(r, row)| {
         let seen = (start + r % q_len + 1).min(kv_len);
-        softmax_row(row, seen, scale);
+        crate::softmax::softmax_row(row, seen, scale);
     });
-}
-
-fn softmax_row(row: &mut [f32], seen: usize, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { softmax_row_avx512(row, seen, scale) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { softmax_row_avx2(row, seen, scale) };
-        }
-    }
-    softmax_row_body(row, seen, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_row_avx512(row: &mut [f32], seen: usize, scale: f32) {
-    softmax_row_body(row, seen, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(row: &mut [f32], seen: usize, scale: f32) {
-    softmax_row_body(row, seen, scale)
-}
-
-#[inline(always)]
-fn softmax_row_body(row: &mut [f32], seen: usize, scale: f32) {
-    let (live, masked) = row.split_at_mut(seen);
-    let max = lanes(live, f32::NEG_INFINITY, |m, x| if x > m { x } else { m }) * scale;
-    for x in live.iter_mut() {
-        *x = exp(*x * scale - max);
-    }
-    let sum = lanes(live, 0.0, |a, x| a + x);
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|x| *x *= inv);
-    masked.fill(0.0);
 }
 
 #[cfg(test)]

@@ -8,47 +8,64 @@ use crate::activation::exp;
 /// each block of `cols` consecutive rows (a square attention matrix) keeps columns 0..=r and
 /// gets zeros after.
 pub fn softmax_rows(x: &mut [f32], cols: usize, causal: bool) {
+    for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+        softmax_row(row, if causal { r % cols + 1 } else { cols }, 1.0);
+    }
+}
+
+/// Softmax of `row[..keep] · scale` in place, zeros after it (masked positions).
+pub(crate) fn softmax_row(row: &mut [f32], keep: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { softmax_avx512(x, cols, causal) };
+            return unsafe { softmax_row_avx512(row, keep, scale) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { softmax_avx2(x, cols, causal) };
+            return unsafe { softmax_row_avx2(row, keep, scale) };
         }
     }
-    softmax_body(x, cols, causal)
+    softmax_row_body(row, keep, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(x: &mut [f32], cols: usize, causal: bool) {
-    softmax_body(x, cols, causal)
+unsafe fn softmax_row_avx512(row: &mut [f32], keep: usize, scale: f32) {
+    softmax_row_body(row, keep, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(x: &mut [f32], cols: usize, causal: bool) {
-    softmax_body(x, cols, causal)
+unsafe fn softmax_row_avx2(row: &mut [f32], keep: usize, scale: f32) {
+    softmax_row_body(row, keep, scale)
 }
 
 #[inline(always)]
-fn softmax_body(x: &mut [f32], cols: usize, causal: bool) {
-    for (r, row) in x.chunks_exact_mut(cols).enumerate() {
-        let keep = if causal { r % cols + 1 } else { cols };
-        let (live, masked) = row.split_at_mut(keep);
-        let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
-        for v in live.iter_mut() {
-            *v = exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        live.iter_mut().for_each(|v| *v *= inv);
-        masked.iter_mut().for_each(|v| *v = 0.0);
+fn softmax_row_body(row: &mut [f32], keep: usize, scale: f32) {
+    let (live, masked) = row.split_at_mut(keep);
+    let max = lanes(live, f32::NEG_INFINITY, |m, x| if x > m { x } else { m }) * scale;
+    for x in live.iter_mut() {
+        *x = exp(*x * scale - max);
     }
+    let inv = 1.0 / lanes(live, 0.0, |a, x| a + x);
+    live.iter_mut().for_each(|x| *x *= inv);
+    masked.fill(0.0);
+}
+
+/// A reduction in 16 independent lanes (then across them), so it vectorizes: a single
+/// running float accumulator cannot be reordered by the compiler.
+#[inline(always)]
+fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(init, |a, &x| f(a, x));
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] = f(acc[l], c[l]);
+        }
+    }
+    acc.iter().fold(rest, |a, &x| f(a, x))
 }
 
 #[cfg(test)]
