@@ -160,7 +160,8 @@ struct Tile {
 /// `int4_gemm::tile`'s arithmetic per (row, token): blocks in order, each adding its exact
 /// integer dot (as f32) times scale · activation scale with one FMA; then the group terms
 /// min · Σx and scale · centred residual, two FMAs per group in order; then their sum.
-#[inline(always)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
 unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
     let (k, tp) = (c.k, c.tp);
     let q = c.q.add(at.tok * k);
@@ -176,6 +177,8 @@ unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
             _mm_prefetch::<_MM_HINT_T0>(at.codes.wrapping_add((b64 + AHEAD) * 8 + j).cast());
         }
         let (lo_blk, hi_blk) = (2 * b64, 2 * b64 + 1);
+        // Each token's activations of the low block; the high block's are 32 bytes on.
+        let rows: [*const i8; T] = core::array::from_fn(|t| q.add(t * k + lo_blk * 32));
         // Integer sums are exact in any order: with few tokens, odd quads go to a second
         // accumulator so the dependency chains halve.
         let (mut acc_lo, mut acc_hi) = ([[magic_i; T], [zero; T]], [[magic_i; T], [zero; T]]);
@@ -185,10 +188,8 @@ unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
             let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), mask);
             let a = if T <= 2 { j % 2 } else { 0 };
             for t in 0..T {
-                let xl = _mm512_set1_epi32(core::ptr::read_unaligned(q.add(t * k + lo_blk * 32 + 4 * j).cast::<i32>()));
-                let xh = _mm512_set1_epi32(core::ptr::read_unaligned(q.add(t * k + hi_blk * 32 + 4 * j).cast::<i32>()));
-                acc_lo[a][t] = _mm512_dpbusd_epi32(acc_lo[a][t], lo, xl);
-                acc_hi[a][t] = _mm512_dpbusd_epi32(acc_hi[a][t], hi, xh);
+                acc_lo[a][t] = dpbusd_broadcast(acc_lo[a][t], lo, rows[t], 4 * j);
+                acc_hi[a][t] = dpbusd_broadcast_32(acc_hi[a][t], hi, rows[t], 4 * j);
             }
         }
         // Blocks in order, as the GEMM tile: the low-nibble block, then the high one.
@@ -206,6 +207,42 @@ unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
         let y = _mm512_add_ps(tot[t], e);
         _mm512_mask_storeu_ps(outs[t].as_mut_ptr().add(at.col), m, y);
     }
+}
+
+/// acc + (u8 lanes of `w`) · (the 4 int8 at x + off, in every lane), the activations read by
+/// the instruction itself (an embedded broadcast). Written with intrinsics, LLVM hoisted the
+/// 8 tokens' broadcasts out of the quad loop and, short of registers, spilled them: a
+/// 64-byte store and reload per multiply. `x + off` addressing spares a chain of address
+/// computations per multiply.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpbusd_broadcast(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
+    let mut acc = acc;
+    core::arch::asm!(
+        "vpdpbusd {acc}, {w}, dword ptr [{x} + {off}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        w = in(zmm_reg) w,
+        x = in(reg) x,
+        off = in(reg) off,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// `dpbusd_broadcast` of the 4 int8 at x + off + 32 (the next block's).
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn dpbusd_broadcast_32(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
+    let mut acc = acc;
+    core::arch::asm!(
+        "vpdpbusd {acc}, {w}, dword ptr [{x} + {off} + 32]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        w = in(zmm_reg) w,
+        x = in(reg) x,
+        off = in(reg) off,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    acc
 }
 
 /// tot[t] += f32(block `blk`'s exact integer dot) · (scale · activation scale), the block's
