@@ -363,7 +363,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// sum is 16 dependent scalar adds, which made the dot products of decode attention
 /// latency-bound.
 #[inline(always)]
-fn tree_sum(mut acc: [f32; 16]) -> f32 {
+pub(crate) fn tree_sum(mut acc: [f32; 16]) -> f32 {
     let mut w = 8;
     while w > 0 {
         for l in 0..w {
