@@ -56,6 +56,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
@@ -72,6 +73,19 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
         std::process::exit(2);
+    }
+}
+
+/// glibc's malloc gives large blocks back to the kernel on free (mmap'd chunks, a trimmed
+/// heap top), so the next forward's buffers of the same sizes fault in fresh zeroed pages:
+/// a 512-token prefill spent about a fifth of its time in page faults. Keeping freed memory
+/// (RSS stays at its peak, as a server's would anyway) made it 1.3x faster.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 
