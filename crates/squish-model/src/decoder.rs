@@ -145,6 +145,26 @@ impl Layer {
             down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
         })
     }
+
+    /// Replaces the weight of the matrix `part` (`self_attn.q_proj.weight`, ...) by a dense
+    /// one of the same shape, keeping its bias: calibration runs a layer with the weights its
+    /// earlier matrices were quantized to. False for a name that is not one of its matrices.
+    pub(crate) fn replace_weight(&mut self, part: &str, w: Tensor) -> bool {
+        let slot = match part {
+            "self_attn.q_proj.weight" => &mut self.attn.q,
+            "self_attn.k_proj.weight" => &mut self.attn.k,
+            "self_attn.v_proj.weight" => &mut self.attn.v,
+            "self_attn.o_proj.weight" => &mut self.attn.o,
+            "mlp.gate_proj.weight" => &mut self.gate,
+            "mlp.up_proj.weight" => &mut self.up,
+            "mlp.down_proj.weight" => &mut self.down,
+            _ => return false,
+        };
+        let placeholder = Linear::new(crate::linear::Weight::Dense(Tensor::zeros((0, 0), candle_core::DType::F32, &Device::Cpu).expect("empty")), None);
+        let (_, bias) = std::mem::replace(slot, placeholder).into_parts();
+        *slot = Linear::new(crate::linear::Weight::Dense(w), bias);
+        true
+    }
 }
 
 pub struct Decoder {
@@ -316,6 +336,38 @@ impl Decoder {
         let mid = silu_mul(&add_deltas(&self.adapters, &segments, i, Target::Gate, &n, gate)?, &add_deltas(&self.adapters, &segments, i, Target::Up, &n, up)?)?;
         obs.observe(Tap::MlpMid(i), &mid)?;
         Ok((x + proj(Target::Down, &layer.down, &mid)?)?)
+    }
+
+    /// `layer_forward` (no adapters, no observer) in the pieces between its taps, for
+    /// calibration that quantizes a layer's matrices in turn. x (1, t, hidden) -> the q/k/v
+    /// input n (1, t, hidden).
+    pub(crate) fn stage_attn_in(&self, layer: &Layer, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(rms_norm(x, &layer.attn_norm, self.eps())?)
+    }
+
+    /// n (1, t, hidden) -> the o_proj input (1, t, heads * head_dim).
+    pub(crate) fn stage_attn_out(&self, layer: &Layer, cache_slot: usize, n: &Tensor, steps: &mut [Step<'_>]) -> Result<Tensor, ModelError> {
+        let a = &layer.attn;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&a.q, &a.k, &a.v], n)?.try_into().expect("three outputs");
+        self.attention(a, (q, k, v), steps, cache_slot)
+    }
+
+    /// x and the o_proj input -> x after attention (1, t, hidden) and the gate/up input.
+    pub(crate) fn stage_mlp_in(&self, layer: &Layer, x: &Tensor, att: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        let x = (x + layer.attn.o.forward(att)?)?;
+        let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
+        Ok((x, n))
+    }
+
+    /// The gate/up input -> the down_proj input (1, t, intermediate).
+    pub(crate) fn stage_mlp_mid(&self, layer: &Layer, n: &Tensor) -> Result<Tensor, ModelError> {
+        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], n)?.try_into().expect("two outputs");
+        Ok(silu_mul(&gate, &up)?)
+    }
+
+    /// x after attention and the down_proj input -> the layer's output (1, t, hidden).
+    pub(crate) fn stage_out(&self, layer: &Layer, x: &Tensor, mid: &Tensor) -> Result<Tensor, ModelError> {
+        Ok((x + layer.down.forward(mid)?)?)
     }
 
     /// hidden: (1, t, hidden) -> logits (1, t, vocab)

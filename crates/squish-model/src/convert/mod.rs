@@ -76,10 +76,15 @@ pub fn convert(
         return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
     }
 
+    // INT3 calibrates sequentially (`calibrate::Calibration`): each matrix's statistics come
+    // from the model with the matrices before it quantized, and its weights are corrected
+    // for the error those left in its inputs. The other schemes keep the one-pass
+    // statistics of the unquantized model (not yet measured sequentially).
+    let sequential = opts.scheme == Scheme::Int3;
     let mut calib = match &opts.calib {
         Some(file) => {
             let text = std::fs::read_to_string(file).map_err(|e| io(file, e))?;
-            Some(calibrate::Calibration::start(&src, &text, opts.calib_tokens)?)
+            Some(calibrate::Calibration::start(&src, &text, opts.calib_tokens, sequential)?)
         }
         None => None,
     };
@@ -132,7 +137,13 @@ pub fn convert(
             _ => None,
         };
         let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
-        for (part, bytes) in choice.parts().iter().zip(encode(choice, &data, stats)) {
+        let (encoded, dequantized) = encode(choice, &data, stats);
+        // Sequential calibration: the later taps see this matrix as it was stored.
+        if let (Some(c), Some(w), true) = (calib.as_mut(), dequantized, sequential) {
+            let (n, k) = (choice.spec.shape[0], choice.spec.shape[1]);
+            c.set_quantized(&choice.spec.name, candle_core::Tensor::from_vec(w, (n, k), &Device::Cpu)?);
+        }
+        for (part, bytes) in choice.parts().iter().zip(encoded) {
             if writer.as_ref().is_none_or(ShardWriter::is_complete) {
                 if let Some(done) = writer.take() {
                     shards.push(done.finish()?);
@@ -215,8 +226,14 @@ const ROTATION_SEED: u64 = 0x5155_4953_4833;
 /// The stored bytes of each part of `choice`, in `parts()` order. With calibration
 /// statistics, int4, int4p8 and int3 use GPTQ and int8 the activation-weighted search. A
 /// rotated choice quantizes W Rᵀ against the rotated inputs' statistics (R H Rᵀ) and ends
-/// with R's sign bits.
-fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate::ActivationStats, Tap)>) -> Vec<Vec<u8>> {
+/// with R's sign bits. With calibration statistics, also the quantized matrix dequantized
+/// (in the unrotated basis, n x k), for the calibration pass to run on.
+fn encode(
+    choice: &TensorChoice,
+    data: &[f32],
+    mut calib: Option<(&mut calibrate::ActivationStats, Tap)>,
+) -> (Vec<Vec<u8>>, Option<Vec<f32>>) {
+    let calibrated = calib.is_some();
     let shape = &choice.spec.shape;
     let rotation = choice.rotation.map(|block| {
         let r = Rotation::random(shape[1], ROTATION_SEED);
@@ -235,12 +252,30 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
     };
     let grouped = matches!(choice.storage, Storage::Int4 { .. } | Storage::Int3 { .. } | Storage::Int4P8 { .. });
     let factor = calib.as_mut().filter(|_| grouped).and_then(|(s, tap)| s.gptq_factor(*tap, rotation.as_ref()));
+    // Quantize W T instead of W: see `calibrate::correction`.
+    let corrected;
+    let data = match calib.as_ref().filter(|_| factor.is_some()).and_then(|(s, tap)| s.correction(*tap)) {
+        Some(t) => {
+            let (n, k) = (shape[0], shape[1]);
+            let w = candle_core::Tensor::from_slice(data, (n, k), &Device::Cpu).expect("shape");
+            let t = candle_core::Tensor::from_slice(&t[..], (k, k), &Device::Cpu).expect("shape");
+            corrected = w.matmul(&t).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1::<f32>()).expect("f32 matmul");
+            &corrected[..]
+        }
+        None => data,
+    };
     let importance = match (&rotation, calib.as_mut()) {
         (Some(r), Some((s, tap))) => s.gptq_factor(*tap, Some(r)).map(|f| f.diagonal().to_vec()),
         (None, Some((s, tap))) => s.importance(*tap),
         (_, None) => None,
     };
     let importance = importance.as_deref();
+    let mut dequantized = None;
+    let mut keep = |w: Vec<f32>| {
+        if calibrated {
+            dequantized = Some(w);
+        }
+    };
     let mut parts = match choice.storage {
         Storage::Int4 { group } => {
             let (n, k) = (shape[0], shape[1]);
@@ -248,6 +283,7 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
                 Some(f) => int4::quantize_gptq(data, n, k, group, f),
                 None => int4::quantize(data, n, k, group, importance),
             };
+            keep(int4::dequantize(&q.view()));
             let (codes, scales, mins) = q.into_parts();
             vec![codes, f16_bytes(&scales), f16_bytes(&mins)]
         }
@@ -257,6 +293,7 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
                 Some(f) => int3::quantize_gptq(data, n, k, group, f),
                 None => int3::quantize(data, n, k, group, importance),
             };
+            keep(int3::dequantize(&q.view()));
             stored_parts(q)
         }
         Storage::Int4P8 { group } => {
@@ -265,10 +302,13 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
                 Some(f) => int4::quantize_gptq_p8(data, n, k, group, f),
                 None => int4::quantize_p8(data, n, k, group, importance),
             };
+            keep(int4::dequantize(&q.view()));
             stored_parts(q)
         }
         Storage::Int8 { group } => {
-            let (codes, scales) = int8::quantize(data, shape[0], shape[1], group, importance).into_parts();
+            let q = int8::quantize(data, shape[0], shape[1], group, importance);
+            keep(int8::dequantize(&q.view()));
+            let (codes, scales) = q.into_parts();
             vec![codes.iter().map(|&c| c as u8).collect(), f16_bytes(&scales)]
         }
         Storage::Dense(dtype) => vec![match dtype {
@@ -277,8 +317,11 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
             _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }],
     };
+    if let (Some(w), Some(r)) = (dequantized.as_mut(), &rotation) {
+        r.apply_inverse(w);
+    }
     parts.extend(rotation.map(|r| r.sign_bits()));
-    parts
+    (parts, dequantized)
 }
 
 /// A matrix with 8-bit group parameters as its stored parts: codes, scale codes, min codes,

@@ -46,6 +46,11 @@ impl GptqFactor {
     pub fn diagonal(&self) -> &[f32] {
         &self.diag
     }
+
+    /// U, upper-triangular with H⁻¹ = UᵀU (H dampened), k x k row-major.
+    pub fn upper(&self) -> &[f32] {
+        &self.u
+    }
 }
 
 /// Quantizes `w` (n x k row-major) with groups of `g`, given the factor of its input's
