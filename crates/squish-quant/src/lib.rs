@@ -39,6 +39,7 @@ mod act;
 mod error;
 mod fit;
 pub mod grouped;
+pub mod int2;
 pub mod int3;
 pub mod int4;
 pub mod int8;
@@ -59,6 +60,7 @@ pub use error::ShapeError;
 
 pub use half::f16;
 pub use isa::kernel_isa;
+pub use int2::Int2Matrix;
 pub use int3::{Int3Matrix, Int3Owned};
 pub use int4::{Int4Matrix, Int4Owned};
 pub use int8::{Int8Matrix, Int8Owned};

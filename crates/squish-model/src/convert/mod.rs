@@ -20,7 +20,7 @@ use squish_format::{
 };
 use squish_quant::grouped::Layout;
 use squish_quant::rotate::Rotation;
-use squish_quant::{int3, int4, int8, params8};
+use squish_quant::{int2, int3, int4, int8, params8};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -72,7 +72,7 @@ pub fn convert(
     }
     let src = Source::open(src_path)?;
     let group = opts.group_size.or(opts.scheme.default_group_size()).unwrap_or(0);
-    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
+    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 | Scheme::Int2 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
         return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
     }
 
@@ -98,10 +98,14 @@ pub fn convert(
             _ if opts.scheme == Scheme::Int3 && plan::int3_keeps_int4(&spec.name, src.config.layers) => {
                 choose(spec, Scheme::Int4P8, 64)
             }
+            _ if opts.scheme == Scheme::Int2 => match plan::int2_keeps(&spec.name, src.config.layers) {
+                Some(s) => choose(spec, s, 64),
+                None => choose(spec, Scheme::Int2, group),
+            },
             _ => choose(spec, opts.scheme, group),
         })
-        // Every matrix of the int3 recipe is stored rotated (`squish_quant::rotate`).
-        .map(|c| if opts.scheme == Scheme::Int3 { c.rotated() } else { c })
+        // Every matrix of the int3 and int2 recipes is stored rotated (`squish_quant::rotate`).
+        .map(|c| if matches!(opts.scheme, Scheme::Int3 | Scheme::Int2) { c.rotated() } else { c })
         .collect();
 
     // Write everything under a marked temporary sibling; rename only once complete.
@@ -233,7 +237,7 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
         }
         None => data,
     };
-    let grouped = matches!(choice.storage, Storage::Int4 { .. } | Storage::Int3 { .. } | Storage::Int4P8 { .. });
+    let grouped = matches!(choice.storage, Storage::Int4 { .. } | Storage::Int3 { .. } | Storage::Int4P8 { .. } | Storage::Int2 { .. });
     let factor = calib.as_mut().filter(|_| grouped).and_then(|(s, tap)| s.gptq_factor(*tap, rotation.as_ref()));
     let importance = match (&rotation, calib.as_mut()) {
         (Some(r), Some((s, tap))) => s.gptq_factor(*tap, Some(r)).map(|f| f.diagonal().to_vec()),
@@ -266,6 +270,21 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
                 None => int4::quantize_p8(data, n, k, group, importance),
             };
             stored_parts(q)
+        }
+        Storage::Int2 { group } => {
+            let (n, k) = (shape[0], shape[1]);
+            let q = match &factor {
+                Some(f) => int2::quantize_gptq(data, n, k, group, f),
+                None => int2::quantize(data, n, k, group, importance),
+            };
+            if std::env::var("SQUISH_INT2_DEBUG").is_ok() {
+                let dq = int2::dequantize(&q.view());
+                let num: f64 = data.iter().zip(&dq).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                let den: f64 = data.iter().map(|a| (*a as f64).powi(2)).sum();
+                eprintln!("{} rel {:.4} table {:?}", choice.spec.name, (num / den).sqrt(), q.table());
+            }
+            let (codes, s8, steps, table) = q.into_stored();
+            vec![codes, s8, f16_bytes(&steps), table.to_vec()]
         }
         Storage::Int8 { group } => {
             let (codes, scales) = int8::quantize(data, shape[0], shape[1], group, importance).into_parts();

@@ -13,6 +13,8 @@ pub enum Scheme {
     /// its most sensitive matrices in; not offered on the command line.
     Int4P8,
     Int3,
+    /// A 16-entry codebook of weight pairs per matrix (`squish_quant::int2`).
+    Int2,
     Int8,
     F16,
     Bf16,
@@ -25,6 +27,7 @@ impl Scheme {
             Self::Int4 => "int4",
             Self::Int4P8 => "int4p8",
             Self::Int3 => "int3",
+            Self::Int2 => "int2",
             Self::Int8 => "int8",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
@@ -35,7 +38,7 @@ impl Scheme {
     pub fn default_group_size(self) -> Option<usize> {
         match self {
             Self::Int4 | Self::Int4P8 => Some(64),
-            Self::Int3 => Some(64),
+            Self::Int3 | Self::Int2 => Some(64),
             Self::Int8 => Some(32),
             _ => None,
         }
@@ -56,6 +59,7 @@ pub enum Storage {
     Int4 { group: usize },
     Int4P8 { group: usize },
     Int3 { group: usize },
+    Int2 { group: usize },
     Int8 { group: usize },
     Dense(StoredDtype),
 }
@@ -76,6 +80,7 @@ impl TensorChoice {
             Storage::Int4 { .. } => "int4",
             Storage::Int4P8 { .. } => "int4p8",
             Storage::Int3 { .. } => "int3",
+            Storage::Int2 { .. } => "int2",
             Storage::Int8 { .. } => "int8",
             Storage::Dense(StoredDtype::F16) => "f16",
             Storage::Dense(StoredDtype::BF16) => "bf16",
@@ -85,9 +90,11 @@ impl TensorChoice {
 
     pub fn group(&self) -> Option<usize> {
         match self.storage {
-            Storage::Int4 { group } | Storage::Int4P8 { group } | Storage::Int3 { group } | Storage::Int8 { group } => {
-                Some(group)
-            }
+            Storage::Int4 { group }
+            | Storage::Int4P8 { group }
+            | Storage::Int3 { group }
+            | Storage::Int2 { group }
+            | Storage::Int8 { group } => Some(group),
             Storage::Dense(_) => None,
         }
     }
@@ -116,6 +123,15 @@ impl TensorChoice {
                     PlannedTensor::new(format!("{name}.scales"), StoredDtype::U8, &[n, k / group]),
                     PlannedTensor::new(format!("{name}.mins"), StoredDtype::I8, &[n, k / group]),
                     PlannedTensor::new(format!("{name}.steps"), StoredDtype::F16, &[n, 2]),
+                ]
+            }
+            Storage::Int2 { group } => {
+                let (n, k) = (shape[0], shape[1]);
+                vec![
+                    PlannedTensor::new(format!("{name}.q2"), StoredDtype::U8, &[n, k / 4]),
+                    PlannedTensor::new(format!("{name}.scales"), StoredDtype::U8, &[n, k / group]),
+                    PlannedTensor::new(format!("{name}.steps"), StoredDtype::F16, &[n]),
+                    PlannedTensor::new(format!("{name}.codebook"), StoredDtype::U8, &[32]),
                 ]
             }
             Storage::Int8 { group } => {
@@ -172,6 +188,21 @@ pub fn int3_keeps_int4(name: &str, layers: usize) -> bool {
     }
 }
 
+/// What `--to int2` stores the matrix `name` (of a model with `layers` decoder layers) as
+/// when not INT2: the token embeddings (the LM head too) at INT3, the attention key and
+/// value projections at INT4 (g64, 8-bit group parameters). None: INT2. Measured on
+/// SmolLM2-135M: see docs/FORMAT.md ("int2").
+pub fn int2_keeps(name: &str, _layers: usize) -> Option<Scheme> {
+    if matches!(name, "model.embed_tokens.weight" | "lm_head.weight") {
+        return Some(Scheme::Int3);
+    }
+    let (_, part) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.'))?;
+    match part {
+        "self_attn.v_proj.weight" | "self_attn.k_proj.weight" => Some(Scheme::Int4P8),
+        _ => None,
+    }
+}
+
 /// The storage of `spec` under `scheme` with groups of `group` inputs.
 pub fn choose(spec: &TensorSpec, scheme: Scheme, group: usize) -> TensorChoice {
     let dense = |dtype, note: Option<String>| TensorChoice { spec: spec.clone(), storage: Storage::Dense(dtype), note, rotation: None };
@@ -200,7 +231,8 @@ pub fn choose(spec: &TensorSpec, scheme: Scheme, group: usize) -> TensorChoice {
         Scheme::Int4 if k % 64 == 0 => grouped(|group| Storage::Int4 { group }),
         Scheme::Int3 if k % 64 == 0 => grouped(|group| Storage::Int3 { group }),
         Scheme::Int4P8 if k % 64 == 0 => grouped(|group| Storage::Int4P8 { group }),
-        Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 => int8(Some(format!("int8: {k} inputs is not a multiple of 64"))),
+        Scheme::Int2 if k % 64 == 0 => grouped(|group| Storage::Int2 { group }),
+        Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 | Scheme::Int2 => int8(Some(format!("int8: {k} inputs is not a multiple of 64"))),
         Scheme::Int8 => {
             let note = (k % group != 0 && k % 32 == 0).then(|| format!("group 32: {k} inputs is not a multiple of {group}"));
             int8(note)

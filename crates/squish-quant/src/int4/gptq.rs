@@ -46,6 +46,12 @@ impl GptqFactor {
     pub fn diagonal(&self) -> &[f32] {
         &self.diag
     }
+
+    /// The width k and U (k x k row-major, upper, H⁻¹ = UᵀU): for error feedback written
+    /// elsewhere (INT2's pairs, `crate::int2`).
+    pub(crate) fn upper(&self) -> (usize, &[f32]) {
+        (self.k, &self.u)
+    }
 }
 
 /// Quantizes `w` (n x k row-major) with groups of `g`, given the factor of its input's
