@@ -39,7 +39,7 @@ pub use crate::int4::{matmul_ref, matmul_ref_q8, GptqFactor};
 pub use kernel::{matmul, matmul_scalar};
 #[cfg(test)]
 pub(crate) use kernel::matmul_with;
-pub use quant::{quantize, quantize_gptq, quantize_with_error};
+pub use quant::{quantize, quantize_gptq, quantize_gptq_passes, quantize_with_error, GPTQ_PASSES};
 
 use crate::error::ShapeError;
 use crate::grouped::{GroupedMatrix, Layout};

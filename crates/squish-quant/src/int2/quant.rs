@@ -56,6 +56,13 @@ pub fn quantize(w: &[f32], n: usize, k: usize, g: usize, importance: Option<&[f3
 /// `quantize` with `rounds` rounds, also returning each round's weighted squared error
 /// Σ h (w - ŵ)² (the kept result is the least).
 pub fn quantize_with_error(w: &[f32], n: usize, k: usize, g: usize, importance: Option<&[f32]>, rounds: usize) -> (Int2Quantized, Vec<f64>) {
+    let (q, errors, _) = fit(w, n, k, g, importance, rounds);
+    (q, errors)
+}
+
+/// `quantize_with_error`, also returning the kept table's stretch α (table units per unit
+/// of group RMS: a group's ideal scale is its RMS / α).
+fn fit(w: &[f32], n: usize, k: usize, g: usize, importance: Option<&[f32]>, rounds: usize) -> (Int2Quantized, Vec<f64>, f32) {
     if let Err(e) = check_shape::<Pairs>(k, g) {
         panic!("int2 quantize: {e}");
     }
@@ -63,18 +70,19 @@ pub fn quantize_with_error(w: &[f32], n: usize, k: usize, g: usize, importance: 
     let h = weights_or_ones(importance, k);
     let sigma = group_rms(w, g);
     let mut book = kmeans(w, k, g, &h, &sigma, KMEANS_ITERS).0;
-    let mut best: Option<(Int2Quantized, f64)> = None;
+    let mut best: Option<(Int2Quantized, f64, f32)> = None;
     let mut errors = Vec::new();
     for _ in 0..rounds.max(1) {
         let (table, alpha) = integer_table(&book);
         let (q, err) = assign(w, n, k, g, &h, &sigma, &table, alpha);
         errors.push(err);
         book = refit(w, k, g, &h, &q, alpha, &book);
-        if best.as_ref().is_none_or(|(_, e)| err < *e) {
-            best = Some((q, err));
+        if best.as_ref().is_none_or(|(_, e, _)| err < *e) {
+            best = Some((q, err, alpha));
         }
     }
-    (best.expect("one round at least").0, errors)
+    let (q, _, alpha) = best.expect("one round at least");
+    (q, errors, alpha)
 }
 
 /// INT2 with GPTQ error feedback over column pairs (see the module doc); the codebook and
@@ -82,25 +90,66 @@ pub fn quantize_with_error(w: &[f32], n: usize, k: usize, g: usize, importance: 
 ///
 /// Panics on shapes `quantize` refuses or a factor of another width.
 pub fn quantize_gptq(w: &[f32], n: usize, k: usize, g: usize, factor: &GptqFactor) -> Int2Quantized {
+    quantize_gptq_passes(w, n, k, g, factor, GPTQ_PASSES)
+}
+
+/// GPTQ passes: after each but the last, the codebook is refit to the values the feedback
+/// actually quantized (each weighted by 1/U_ii², GPTQ's own error weight) and the matrix
+/// is quantized again from the original weights.
+pub const GPTQ_PASSES: usize = 2;
+
+/// `quantize_gptq` with `passes` passes (at least one).
+pub fn quantize_gptq_passes(w: &[f32], n: usize, k: usize, g: usize, factor: &GptqFactor, passes: usize) -> Int2Quantized {
     let (fk, u) = factor.upper();
     assert_eq!(fk, k, "int2 quantize_gptq: factor width");
     let h = factor.diagonal();
-    let first = quantize(w, n, k, g, Some(h));
-    let alpha = stretch(&first.table);
+    let (first, _, mut alpha) = fit(w, n, k, g, Some(h), ROUNDS);
     let sigma = group_rms(w, g);
     let ng = k / g;
-    let (mut codes, mut s8) = (vec![0u8; n * k / 4], vec![0u8; n * ng]);
-    let table = first.table;
-    let steps = first.steps.clone();
-    codes.par_chunks_mut(BLOCK * k / 4).zip(s8.par_chunks_mut(BLOCK * ng)).zip(w.par_chunks(BLOCK * k)).enumerate().for_each(
-        |(b, ((codes, s8), w))| {
-            let rows = w.len() / k;
-            let ds: Vec<f32> = steps[b * BLOCK..b * BLOCK + rows].iter().map(|d| d.to_f32()).collect();
-            let sig = &sigma[b * BLOCK * ng..(b * BLOCK + rows) * ng];
-            gptq_block(w, k, g, h, u, &table, alpha, &ds, sig, codes, s8);
-        },
-    );
-    finish(codes, s8, steps, table, n, k, g)
+    let mut table = first.table;
+    let mut out = None;
+    for pass in 0..passes.max(1) {
+        let steps: Vec<f16> = sigma.chunks_exact(ng).map(|s| row_step(s, alpha)).collect();
+        let (mut codes, mut s8) = (vec![0u8; n * k / 4], vec![0u8; n * ng]);
+        let sums = codes
+            .par_chunks_mut(BLOCK * k / 4)
+            .zip(s8.par_chunks_mut(BLOCK * ng))
+            .zip(w.par_chunks(BLOCK * k))
+            .enumerate()
+            .map(|(b, ((codes, s8), w))| {
+                let rows = w.len() / k;
+                let ds: Vec<f32> = steps[b * BLOCK..b * BLOCK + rows].iter().map(|d| d.to_f32()).collect();
+                let sig = &sigma[b * BLOCK * ng..(b * BLOCK + rows) * ng];
+                gptq_block(w, k, g, h, u, &table, alpha, &ds, sig, codes, s8)
+            })
+            .reduce(|| [[0f64; 4]; ENTRIES], add_sums);
+        if pass + 1 < passes {
+            let mut book = table_book(&table);
+            for (e, s) in sums.iter().enumerate() {
+                if s[1] > 0.0 {
+                    book[e][0] = (s[0] / s[1]) as f32;
+                }
+                if s[3] > 0.0 {
+                    book[e][1] = (s[2] / s[3]) as f32;
+                }
+            }
+            // Back to centred units for `integer_table`.
+            let centred: Book = core::array::from_fn(|e| [book[e][0] - OFFSET, book[e][1] - OFFSET]);
+            let (t, stretch) = integer_table(&centred);
+            (table, alpha) = (t, alpha * stretch);
+        }
+        out = Some(finish(codes, s8, steps, table, n, k, g));
+    }
+    out.expect("one pass at least")
+}
+
+fn add_sums(mut a: [[f64; 4]; ENTRIES], b: [[f64; 4]; ENTRIES]) -> [[f64; 4]; ENTRIES] {
+    for (x, y) in a.iter_mut().zip(&b) {
+        for i in 0..4 {
+            x[i] += y[i];
+        }
+    }
+    a
 }
 
 /// The per-group RMS of w (n x k), n x k/g.
@@ -195,16 +244,6 @@ fn integer_table(book: &Book) -> ([u8; 32], f32) {
         table[16 + e] = ((v[1] * alpha).round().clamp(-64.0, 63.0) + OFFSET) as u8;
     }
     (table, alpha)
-}
-
-/// α of an integer table: 63 over its largest |v - 64|.
-fn stretch(table: &[u8; 32]) -> f32 {
-    let m = table.iter().fold(0f32, |a, &v| a.max((v as f32 - OFFSET).abs()));
-    if m > 0.0 {
-        63.0 / m
-    } else {
-        1.0
-    }
 }
 
 /// The table's entries as f32 values v (the dequantization is scale · v + min).
@@ -343,10 +382,13 @@ fn gptq_block(
     sigma: &[f32],
     codes: &mut [u8],
     s8: &mut [u8],
-) {
+) -> [[f64; 4]; ENTRIES] {
     let rows = w.len() / k;
     let ng = k / g;
     let book = table_book(table);
+    // Per entry, the least-squares sums of the values quantized to it (see `refit`), in
+    // table units, each weighted by GPTQ's error weight 1/U_ii².
+    let mut sums = [[0f64; 4]; ENTRIES];
     let mut cols = vec![0f32; k * rows];
     for (r, row) in w.chunks_exact(k).enumerate() {
         for (j, &x) in row.iter().enumerate() {
@@ -385,6 +427,13 @@ fn gptq_block(
                 }
             }
             pairs[r * k / 2 + i / 2] = best.0 as u8;
+            let (wa, wb) = ((1.0 / (uaa * uaa)) as f64, (1.0 / (ubb * ubb)) as f64);
+            let (sr, xb2) = (s[r] as f64, (xb - best.2 * ratio) as f64);
+            let acc = &mut sums[best.0];
+            acc[0] += wa * sr * (xa as f64 + OFFSET as f64 * sr);
+            acc[1] += wa * sr * sr;
+            acc[2] += wb * sr * (xb2 + OFFSET as f64 * sr);
+            acc[3] += wb * sr * sr;
             ea[r] = best.2 / uaa;
             eb[r] = best.3 / ubb;
         }
@@ -399,6 +448,7 @@ fn gptq_block(
     for (pr, out) in pairs.chunks_exact(k / 2).zip(codes.chunks_exact_mut(k / 4)) {
         pack_row(pr, out);
     }
+    sums
 }
 
 /// The quantized matrix from its stored parts (expanding the parameters).
