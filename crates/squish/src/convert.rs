@@ -15,8 +15,9 @@ pub enum To {
     /// bits (3.59 bits/weight on SmolLM2-135M)
     Int3,
     /// A 16-entry codebook of weight pairs learned per matrix (4-bit code per pair) and an
-    /// 8-bit scale per group (default group 64: 2.16 bits/weight), with the embeddings at
-    /// 3 bits and attention k/v at 4 (2.5 bits/weight on SmolLM2-135M); best with --calib
+    /// 8-bit scale per group (default group 64: 2.16 bits/weight), with the embeddings and
+    /// the outer layers' down projections at 3 bits and attention k/v at 4 (2.6 bits/weight
+    /// on SmolLM2-135M); use --calib (data-free INT2 is far worse)
     Int2,
     /// 8-bit symmetric codes, a scale per group (default group 32: 8.5 bits/weight)
     Int8,

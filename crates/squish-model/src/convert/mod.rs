@@ -277,12 +277,6 @@ fn encode(choice: &TensorChoice, data: &[f32], mut calib: Option<(&mut calibrate
                 Some(f) => int2::quantize_gptq(data, n, k, group, f),
                 None => int2::quantize(data, n, k, group, importance),
             };
-            if std::env::var("SQUISH_INT2_DEBUG").is_ok() {
-                let dq = int2::dequantize(&q.view());
-                let num: f64 = data.iter().zip(&dq).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-                let den: f64 = data.iter().map(|a| (*a as f64).powi(2)).sum();
-                eprintln!("{} rel {:.4} table {:?}", choice.spec.name, (num / den).sqrt(), q.table());
-            }
             let (codes, s8, steps, table) = q.into_stored();
             vec![codes, s8, f16_bytes(&steps), table.to_vec()]
         }
