@@ -59,14 +59,20 @@ fn int2_calibrated_converts_runs_and_stays_within_its_perplexity_bound() {
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("squish.json")).unwrap()).unwrap();
     let t = &m["tensors"]["model.layers.3.mlp.up_proj.weight"];
     assert_eq!((t["scheme"].as_str(), t["rotation"].as_u64()), (Some("int2"), Some(64)), "{t}");
+    // Coherent here means English words, not the garbage a broken kernel or layout gives
+    // (at this size and 2.6 bits the facts are often wrong: 32k calibration tokens answer
+    // " the City of France.").
     let text = greedy(&out, "The capital of France is", "12");
     eprintln!("int2: {text:?}");
-    assert!(text.split_whitespace().count() >= 3, "{text}");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let wordy = words.iter().filter(|w| w.trim_matches(|c: char| c.is_ascii_punctuation()).chars().all(|c| c.is_alphanumeric())).count();
+    assert!(words.len() >= 3 && wordy * 5 >= words.len() * 4, "{text}");
     let ppl = ppl_4_windows(&out);
     eprintln!("int2 --calib ({INT2_TEST_CALIB_TOKENS} tokens): {bpw} bits/weight, PPL {ppl} on 4 windows");
     assert!(ppl < INT2_CALIB_PPL4_BOUND, "{ppl}");
 }
 
 const INT2_TEST_CALIB_TOKENS: usize = 4096;
-/// Measured on these 4 windows (base 15.53): TODO; bound 10% above.
-const INT2_CALIB_PPL4_BOUND: f64 = 1000.0;
+/// Measured on these 4 windows (base 15.53): 46.29 with 4096 calibration tokens (2.597
+/// bits/weight; the README's 40-window number uses 32k tokens); bound 10% above.
+const INT2_CALIB_PPL4_BOUND: f64 = 51.0;
