@@ -7,13 +7,12 @@
 //! path reads the codes in input order. On aarch64 the scalar path runs (no NEON INT2
 //! kernel yet).
 
-use super::{Int2Matrix, Pairs};
-use crate::act::ActQ8;
-use crate::grouped::GroupedMatrix;
+use super::Int2Matrix;
 use crate::int4::kernel::{matmul_grouped, scalar_task};
 use crate::isa::{detect, Isa};
 use crate::matmul::check_io;
-use std::cell::Cell;
+#[cfg(target_arch = "x86_64")]
+use {super::Pairs, crate::act::ActQ8, crate::grouped::GroupedMatrix, std::cell::Cell};
 
 /// out[tok*N + r] ≈ Σ_c W[r, c] · x[tok*K + c] for x of t tokens (t x K) and out t x N,
 /// both row-major (see `matmul_ref_q8`).
@@ -30,6 +29,7 @@ pub fn matmul_scalar(w: &Int2Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     matmul_with(Isa::Scalar, w, x, t, out);
 }
 
+#[cfg(target_arch = "x86_64")]
 thread_local! {
     static PERMUTED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
@@ -38,36 +38,31 @@ thread_local! {
 pub(crate) fn matmul_with(isa: Isa, w: &Int2Matrix, x: &[f32], t: usize, out: &mut [f32]) {
     check_io("int2 matmul", w.n(), w.k(), x, t, out);
     assert_eq!(w.table().len(), 32, "int2 matmul: a matrix without its table");
-    if isa == Isa::Scalar || cfg!(not(target_arch = "x86_64")) {
-        matmul_grouped(isa, w, x, t, out, |_, w, a, r0, t0, outs| scalar_task(w, a, r0, t0, outs));
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        let mut xp = PERMUTED.with(Cell::take);
+        xp.clear();
+        xp.reserve(x.len());
+        for b in x.chunks_exact(32) {
+            xp.extend(b.iter().step_by(2));
+            xp.extend(b.iter().skip(1).step_by(2));
+        }
+        matmul_grouped(isa, w, &xp, t, out, run_task);
+        PERMUTED.with(|c| c.set(xp));
         return;
     }
-    let mut xp = PERMUTED.with(Cell::take);
-    xp.clear();
-    xp.reserve(x.len());
-    for b in x.chunks_exact(32) {
-        xp.extend(b.iter().step_by(2));
-        xp.extend(b.iter().skip(1).step_by(2));
-    }
-    matmul_grouped(isa, w, &xp, t, out, run_task);
-    PERMUTED.with(|c| c.set(xp));
+    matmul_grouped(isa, w, x, t, out, |_, w, a, r0, t0, outs| scalar_task(w, a, r0, t0, outs));
 }
 
+#[cfg(target_arch = "x86_64")]
 fn run_task(isa: Isa, w: &GroupedMatrix<Pairs>, a: &ActQ8, r0: usize, t0: usize, outs: &mut [&mut [f32]]) {
     match isa {
         // SAFETY: each x86 variant means the CPU has the features its kernel is compiled
         // for (see `isa`); the kernels assert the bounds they rely on.
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { crate::x86::int4::task_avx2(w, a, r0, t0, outs) },
-        #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => unsafe { crate::x86::int4::task_avxvnni(w, a, r0, t0, outs) },
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if a.t >= crate::x86::int4_gemm::GEMM_MIN_T => unsafe { crate::x86::int4_gemm::task(w, a, r0, t0, outs) },
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { crate::x86::int4::task_avx512vnni(w, a, r0, t0, outs) },
-        // Not reached: `matmul_with` takes the scalar path for these.
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::DotProd => unreachable!("int2 runs the scalar path on aarch64"),
         Isa::Scalar => unreachable!("int2's scalar path reads unpermuted inputs"),
     }
 }
