@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
 use squish_quant::rotate::Rotation;
-use squish_quant::{f16, int3, int4, int8};
+use squish_quant::{f16, int2, int3, int4, int8};
 use std::sync::OnceLock;
 
 /// A grouped matrix's f16 scales and mins: in place in the file, or expanded at load from
@@ -33,6 +33,8 @@ pub enum Weight {
     /// that reads it (None where the CPU has none; see `squish_quant::int4::Int4Panels`).
     Int4 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int4Panels>> },
     Int3 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize },
+    /// `table`: the matrix's codebook (`squish_quant::int2`).
+    Int2 { codes: Mapped, params: GroupParams, table: [u8; 32], n: usize, k: usize, group: usize },
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
 }
 
@@ -41,6 +43,7 @@ pub enum Weight {
 enum View<'a> {
     Int4(int4::Int4Matrix<'a>, Option<&'a Int4Panels>),
     Int3(int3::Int3Matrix<'a>),
+    Int2(int2::Int2Matrix<'a>),
     Int8(int8::Int8Matrix<'a>),
 }
 
@@ -49,7 +52,9 @@ impl Weight {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Weight::Dense(w) => (w.dims()[0], w.dims()[1]),
-            Weight::Int4 { n, k, .. } | Weight::Int3 { n, k, .. } | Weight::Int8 { n, k, .. } => (*n, *k),
+            Weight::Int4 { n, k, .. } | Weight::Int3 { n, k, .. } | Weight::Int2 { n, k, .. } | Weight::Int8 { n, k, .. } => {
+                (*n, *k)
+            }
         }
     }
 
@@ -70,6 +75,10 @@ impl Weight {
                 let (scales, mins) = params.get()?;
                 View::Int3(int3::Int3Matrix::new(codes.bytes(), scales, mins, *n, *k, *group).map_err(quant_err)?)
             }
+            Weight::Int2 { codes, params, table, n, k, group } => {
+                let (scales, mins) = params.get()?;
+                View::Int2(int2::matrix(codes.bytes(), scales, mins, table, *n, *k, *group).map_err(quant_err)?)
+            }
             Weight::Int8 { codes, scales, n, k, group } => {
                 View::Int8(int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?)
             }
@@ -82,6 +91,7 @@ impl Weight {
         match self.view(int4::panels_read_for(t))? {
             View::Int4(m, panels) => int4::matmul_with_panels(&m, panels, x, t, out),
             View::Int3(m) => int3::matmul(&m, x, t, out),
+            View::Int2(m) => int2::matmul(&m, x, t, out),
             View::Int8(m) => int8::matmul(&m, x, t, out),
         }
         Ok(())
@@ -98,6 +108,7 @@ impl Weight {
         out.par_chunks_mut(k).enumerate().for_each(|(i, row)| match view {
             View::Int4(m, _) => int4::dequantize_row(&m, r0 + i, row),
             View::Int3(m) => int3::dequantize_row(&m, r0 + i, row),
+            View::Int2(m) => int2::dequantize_row(&m, r0 + i, row),
             View::Int8(m) => int8::dequantize_row(&m, r0 + i, row),
         });
         Ok(())
@@ -123,7 +134,7 @@ impl Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
-    /// Set when the quantized weight is stored rotated on its input dimension (INT3): inputs
+    /// Set when the quantized weight is stored rotated on its input dimension (INT3, INT2): inputs
     /// are rotated the same way before the matmul, looked-up rows rotated back.
     rotation: Option<Rotation>,
 }

@@ -39,7 +39,7 @@ impl<'a> Weights<'a> {
             _ => None,
         };
         let weight = match quantized {
-            Some((scheme, Some(group), shape, rotation)) if ["int4", "int4p8", "int3", "int8"].contains(&scheme.as_str()) => {
+            Some((scheme, Some(group), shape, rotation)) if ["int4", "int4p8", "int3", "int2", "int8"].contains(&scheme.as_str()) => {
                 if shape != [out, inp] {
                     return Err(ModelError::unsupported(
                         self.files.path(),
@@ -73,6 +73,13 @@ impl<'a> Weights<'a> {
                         panels: Default::default(),
                     },
                     "int3" => Weight::Int3 { codes: part("q3", StDtype::U8)?, params: params(true)?, n: out, k: inp, group },
+                    "int2" => {
+                        let (s8, steps, book) = (part("scales", StDtype::U8)?, part("steps", StDtype::F16)?, part("codebook", StDtype::U8)?);
+                        let bad = |e: String| ModelError::unsupported(self.files.path(), format!("tensor `{name}`: {e}"));
+                        let (scales, mins) = squish_quant::int2::expand_params(s8.bytes(), steps.as_f16()?).map_err(|e| bad(e.to_string()))?;
+                        let table: [u8; 32] = book.bytes().try_into().map_err(|_| bad(format!("codebook of {} bytes, expected 32", book.bytes().len())))?;
+                        Weight::Int2 { codes: part("q2", StDtype::U8)?, params: GroupParams::Expanded { scales, mins }, table, n: out, k: inp, group }
+                    }
                     _ => Weight::Int8 { codes: part("q8", StDtype::I8)?, scales: part("scales", StDtype::F16)?, n: out, k: inp, group },
                 };
                 if let Some(block) = rotation {

@@ -25,8 +25,13 @@ pub trait Layout: Copy + Send + Sync + 'static {
     /// Packs 64 codes (each 0..=QMAX) into `out` (BLOCK_BYTES).
     fn pack_block(q: &[u8], out: &mut [u8]);
 
-    /// Code `j` (0..64) of a packed block: the layout's definition.
+    /// Code `j` (0..64) of a packed block: the layout's definition. For a layout with a
+    /// table (`TABLE`), the position in the matrix's table of input j's value.
     fn code(block: &[u8], j: usize) -> u8;
+
+    /// Whether codes index a per-matrix table of 32 values (INT2's codebook, see
+    /// `crate::int2`) instead of being the values themselves.
+    const TABLE: bool = false;
 }
 
 /// A borrowed grouped matrix (for example slices of an mmapped file). Only `new` builds
@@ -39,6 +44,8 @@ pub struct GroupedMatrix<'a, L> {
     n: usize,
     k: usize,
     g: usize,
+    /// The layout's value table (32 bytes) where it has one (`Layout::TABLE`), else empty.
+    table: &'a [u8],
     _layout: PhantomData<L>,
 }
 
@@ -81,7 +88,36 @@ impl<'a, L: Layout> GroupedMatrix<'a, L> {
                 )));
             }
         }
-        Ok(Self { codes, scales, mins, n, k, g, _layout: PhantomData })
+        Ok(Self { codes, scales, mins, n, k, g, table: &[], _layout: PhantomData })
+    }
+
+    /// The same matrix with its value table (layouts with `TABLE` only): 32 values, each
+    /// at most QMAX.
+    pub fn with_table(self, table: &'a [u8]) -> Result<Self, ShapeError> {
+        let name = L::NAME;
+        if !L::TABLE {
+            return Err(ShapeError::new(format!("{name}: this layout has no value table")));
+        }
+        if table.len() != 32 || table.iter().any(|&v| v > L::QMAX) {
+            return Err(ShapeError::new(format!("{name} table: {} values, expected 32 in 0..={}", table.len(), L::QMAX)));
+        }
+        Ok(Self { table, ..self })
+    }
+
+    /// The value table (empty for layouts without one).
+    pub fn table(&self) -> &'a [u8] {
+        self.table
+    }
+
+    /// The value of code `j` of the packed block `block` (through the table if any).
+    #[inline]
+    pub(crate) fn value(&self, block: &[u8], j: usize) -> u8 {
+        let c = L::code(block, j);
+        if L::TABLE {
+            self.table[c as usize]
+        } else {
+            c
+        }
     }
 
     pub fn n(&self) -> usize {
@@ -107,8 +143,8 @@ impl<'a, L: Layout> GroupedMatrix<'a, L> {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn relabel<M: Layout>(&self) -> GroupedMatrix<'a, M> {
         assert_eq!(L::BLOCK_BYTES, M::BLOCK_BYTES, "relabel to another packing");
-        let Self { codes, scales, mins, n, k, g, .. } = *self;
-        GroupedMatrix { codes, scales, mins, n, k, g, _layout: PhantomData }
+        let Self { codes, scales, mins, n, k, g, table, .. } = *self;
+        GroupedMatrix { codes, scales, mins, n, k, g, table, _layout: PhantomData }
     }
 
     /// Bytes of one row's codes.
@@ -129,7 +165,7 @@ impl<'a, L: Layout> GroupedMatrix<'a, L> {
     #[inline]
     pub(crate) fn code(&self, r: usize, c: usize) -> u8 {
         let start = r * self.row_bytes() + (c / 64) * L::BLOCK_BYTES;
-        L::code(&self.codes[start..start + L::BLOCK_BYTES], c % 64)
+        self.value(&self.codes[start..start + L::BLOCK_BYTES], c % 64)
     }
 }
 
@@ -186,7 +222,7 @@ impl<L: Layout> GroupedOwned<L> {
 
     pub fn view(&self) -> GroupedMatrix<'_, L> {
         let Self { n, k, g, .. } = *self;
-        GroupedMatrix { codes: &self.codes, scales: &self.scales, mins: &self.mins, n, k, g, _layout: PhantomData }
+        GroupedMatrix { codes: &self.codes, scales: &self.scales, mins: &self.mins, n, k, g, table: &[], _layout: PhantomData }
     }
 
     pub fn codes(&self) -> &[u8] {
@@ -229,7 +265,7 @@ pub fn dequantize_row<L: Layout>(w: &GroupedMatrix<L>, r: usize, out: &mut [f32]
     for (b, (ob, cb)) in out.chunks_exact_mut(64).zip(codes.chunks_exact(L::BLOCK_BYTES)).enumerate() {
         for (j, o) in ob.iter_mut().enumerate() {
             let gi = r * ng + (b * 64 + j) / w.g;
-            *o = dequant(w.scales[gi].to_f32(), w.mins[gi].to_f32(), L::code(cb, j));
+            *o = dequant(w.scales[gi].to_f32(), w.mins[gi].to_f32(), w.value(cb, j));
         }
     }
 }

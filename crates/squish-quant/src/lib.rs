@@ -11,6 +11,10 @@
 //!   GPTQ), the same tile kernel and prefill GEMM ([`grouped`] holds what the two share),
 //!   activations centred on 3.5. Its group parameters are stored on 8-bit per-row grids
 //!   ([`params8`], which INT4 can use too).
+//! - [`int2`]: a 16-entry codebook of weight pairs per matrix (a 4-bit code per pair of
+//!   inputs, an 8-bit scale per group): the grouped layouts' arithmetic on table values
+//!   (`grouped::Layout::TABLE`), its blocks unpacked by two in-register table shuffles,
+//!   its quantizer a weighted k-means, a scale search and GPTQ over column pairs.
 //! - [`int8`]: symmetric 8-bit, group-wise (f16 scale per group); its matmul keeps
 //!   activations in f32.
 //! - [`rotate`]: a randomized Hadamard rotation of a matrix's input dimension, which a
@@ -39,6 +43,7 @@ mod act;
 mod error;
 mod fit;
 pub mod grouped;
+pub mod int2;
 pub mod int3;
 pub mod int4;
 pub mod int8;
@@ -59,6 +64,7 @@ pub use error::ShapeError;
 
 pub use half::f16;
 pub use isa::kernel_isa;
+pub use int2::Int2Matrix;
 pub use int3::{Int3Matrix, Int3Owned};
 pub use int4::{Int4Matrix, Int4Owned};
 pub use int8::{Int8Matrix, Int8Owned};

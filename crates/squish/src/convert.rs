@@ -14,6 +14,11 @@ pub enum To {
     /// with the embeddings, attention k/v and the outer layers' down projections kept at 4
     /// bits (3.59 bits/weight on SmolLM2-135M)
     Int3,
+    /// A 16-entry codebook of weight pairs learned per matrix (4-bit code per pair) and an
+    /// 8-bit scale per group (default group 64: 2.16 bits/weight), with the embeddings and
+    /// the outer layers' down projections at 3 bits and attention k/v at 4 (2.6 bits/weight
+    /// on SmolLM2-135M); use --calib (data-free INT2 is far worse)
+    Int2,
     /// 8-bit symmetric codes, a scale per group (default group 32: 8.5 bits/weight)
     Int8,
     F16,
@@ -26,6 +31,7 @@ impl To {
         match self {
             To::Int4 => Scheme::Int4,
             To::Int3 => Scheme::Int3,
+            To::Int2 => Scheme::Int2,
             To::Int8 => Scheme::Int8,
             To::F16 => Scheme::F16,
             To::Bf16 => Scheme::Bf16,
@@ -51,7 +57,7 @@ pub struct ConvertArgs {
     /// Scheme for the token embeddings and LM head [default: the same as --to]
     #[arg(long, value_enum)]
     pub embedding: Option<To>,
-    /// Calibration text (activation-aware): int4 and int3 run GPTQ error feedback through each layer's input statistics, int8 weighs rounding errors by how strongly each input channel fires; without it, a data-free clipping search where all channels weigh the same
+    /// Calibration text (activation-aware): int4, int3 and int2 run GPTQ error feedback (int2 also learns its codebooks weighted by it) through each layer's input statistics, int8 weighs rounding errors by how strongly each input channel fires; without it, a data-free search (clipping; int2: k-means codebooks) where all channels weigh the same
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// Most calibration tokens to use (more is better and slower: on SmolLM2-135M, 30k tokens

@@ -124,7 +124,7 @@ fn unknown_format_version_is_refused() {
 #[test]
 fn tiny_models_of_every_architecture_convert_and_run() {
     for name in ["llama", "llama3", "mistral", "qwen2", "qwen3", "sharded"] {
-        for to in ["int4", "int3", "int8", "bf16"] {
+        for to in ["int4", "int3", "int2", "int8", "bf16"] {
             let dir = scratch(&format!("arch_{name}_{to}")).join("m");
             let o = convert(&tiny(name), to, &dir, &[]);
             assert!(o.status.success(), "{name} {to}: {}", stderr(&o));

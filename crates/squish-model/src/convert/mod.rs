@@ -20,7 +20,7 @@ use squish_format::{
 };
 use squish_quant::grouped::Layout;
 use squish_quant::rotate::Rotation;
-use squish_quant::{int3, int4, int8, params8};
+use squish_quant::{int2, int3, int4, int8, params8};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -72,7 +72,7 @@ pub fn convert(
     }
     let src = Source::open(src_path)?;
     let group = opts.group_size.or(opts.scheme.default_group_size()).unwrap_or(0);
-    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
+    if matches!(opts.scheme, Scheme::Int4 | Scheme::Int4P8 | Scheme::Int3 | Scheme::Int2 | Scheme::Int8) && (group == 0 || group % 32 != 0) {
         return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
     }
 
@@ -103,10 +103,14 @@ pub fn convert(
             _ if opts.scheme == Scheme::Int3 && plan::int3_keeps_int4(&spec.name, src.config.layers) => {
                 choose(spec, Scheme::Int4P8, 64)
             }
+            _ if opts.scheme == Scheme::Int2 => match plan::int2_keeps(&spec.name, src.config.layers) {
+                Some(s) => choose(spec, s, 64),
+                None => choose(spec, Scheme::Int2, group),
+            },
             _ => choose(spec, opts.scheme, group),
         })
-        // Every matrix of the int3 recipe is stored rotated (`squish_quant::rotate`).
-        .map(|c| if opts.scheme == Scheme::Int3 { c.rotated() } else { c })
+        // Every matrix of the int3 and int2 recipes is stored rotated (`squish_quant::rotate`).
+        .map(|c| if matches!(opts.scheme, Scheme::Int3 | Scheme::Int2) { c.rotated() } else { c })
         .collect();
 
     // Write everything under a marked temporary sibling; rename only once complete.
@@ -250,7 +254,7 @@ fn encode(
         }
         None => data,
     };
-    let grouped = matches!(choice.storage, Storage::Int4 { .. } | Storage::Int3 { .. } | Storage::Int4P8 { .. });
+    let grouped = matches!(choice.storage, Storage::Int4 { .. } | Storage::Int3 { .. } | Storage::Int4P8 { .. } | Storage::Int2 { .. });
     let factor = calib.as_mut().filter(|_| grouped).and_then(|(s, tap)| s.gptq_factor(*tap, rotation.as_ref()));
     // Quantize W T instead of W: see `calibrate::correction`.
     let corrected;
@@ -304,6 +308,15 @@ fn encode(
             };
             keep(int4::dequantize(&q.view()));
             stored_parts(q)
+        }
+        Storage::Int2 { group } => {
+            let (n, k) = (shape[0], shape[1]);
+            let q = match &factor {
+                Some(f) => int2::quantize_gptq(data, n, k, group, f),
+                None => int2::quantize(data, n, k, group, importance),
+            };
+            let (codes, s8, steps, table) = q.into_stored();
+            vec![codes, s8, f16_bytes(&steps), table.to_vec()]
         }
         Storage::Int8 { group } => {
             let q = int8::quantize(data, shape[0], shape[1], group, importance);

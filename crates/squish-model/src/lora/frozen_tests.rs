@@ -55,6 +55,7 @@ fn quantized(scheme: Scheme, name: &str, out: usize, inp: usize) -> (Weight, Vec
         Weight::Int8 { .. } => Scheme::Int8,
         Weight::Int4 { .. } => Scheme::Int4,
         Weight::Int3 { .. } => Scheme::Int3,
+        Weight::Int2 { .. } => Scheme::Int2,
         Weight::Dense(_) => panic!("{name} stayed dense under {scheme:?}"),
     };
     // INT3 keeps the last layers' down_proj in INT4 (`plan::int3_keeps_int4`).

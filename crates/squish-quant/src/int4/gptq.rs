@@ -47,7 +47,8 @@ impl GptqFactor {
         &self.diag
     }
 
-    /// U, upper-triangular with H⁻¹ = UᵀU (H dampened), k x k row-major.
+    /// U, upper-triangular with H⁻¹ = UᵀU (H dampened), k x k row-major: for error feedback
+    /// and corrections written elsewhere (INT2's pairs, sequential calibration).
     pub fn upper(&self) -> &[f32] {
         &self.u
     }

@@ -106,7 +106,7 @@ fn scalar_dot<L: Layout>(w: &GroupedMatrix<L>, a: &ActQ8, r: usize, tok: usize) 
             let bytes = &codes[(blk / 2) * L::BLOCK_BYTES..(blk / 2 + 1) * L::BLOCK_BYTES];
             let j0 = (blk & 1) * 32;
             let qa = &q[blk * 32..blk * 32 + 32];
-            let isum: i32 = qa.iter().enumerate().map(|(j, &v)| L::code(bytes, j0 + j) as i32 * v as i32).sum();
+            let isum: i32 = qa.iter().enumerate().map(|(j, &v)| w.value(bytes, j0 + j) as i32 * v as i32).sum();
             acc += isum as f32 * d[blk];
         }
         y += (acc + a.centred_residual(tok, grp)) * scales[grp].to_f32() + mins[grp].to_f32() * a.group_sum(tok, grp);

@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 
 impl Unpack for Planes {
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> (__m256i, __m256i) {
+    unsafe fn unpack(p: *const u8, _table: __m256i) -> (__m256i, __m256i) {
         let (three, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
         let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
         let hi = _mm256_set1_epi64x(core::ptr::read_unaligned(p.add(16).cast::<i64>()));
@@ -75,7 +75,7 @@ const fn high(s: u32) -> i64 {
 
 impl Unpack for PlanesGfni {
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> (__m256i, __m256i) {
+    unsafe fn unpack(p: *const u8, _table: __m256i) -> (__m256i, __m256i) {
         let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
         let hi = _mm256_set1_epi64x(core::ptr::read_unaligned(p.add(16).cast::<i64>()));
         let m = |a: i64, b: i64, c: i64, d: i64| _mm256_setr_epi64x(a, b, c, d);

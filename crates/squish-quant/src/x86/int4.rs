@@ -25,13 +25,15 @@ use core::arch::x86_64::*;
 /// A layout's codes as vectors.
 pub(crate) trait Unpack: Layout {
     /// The 64 codes of the packed block at `p` (BLOCK_BYTES readable) as u8 lanes: inputs
-    /// 0..32 and 32..64. SAFETY: avx2 present (inlined into the kernels' entries).
-    unsafe fn unpack(p: *const u8) -> (__m256i, __m256i);
+    /// 0..32 and 32..64 (for a layout with a value table, their values, `table` holding it;
+    /// such a layout may order the lanes of each half its own way, with its activations
+    /// permuted to match). SAFETY: avx2 present (inlined into the kernels' entries).
+    unsafe fn unpack(p: *const u8, table: __m256i) -> (__m256i, __m256i);
 }
 
 impl Unpack for Nibbles {
     #[inline(always)]
-    unsafe fn unpack(p: *const u8) -> (__m256i, __m256i) {
+    unsafe fn unpack(p: *const u8, _table: __m256i) -> (__m256i, __m256i) {
         let mask = _mm256_set1_epi8(0x0F);
         let v = _mm256_loadu_si256(p.cast());
         (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask))
@@ -61,13 +63,15 @@ pub(crate) struct Ctx {
     d: *const f32,
     sx: *const f32,
     rc: *const f32,
+    /// The layout's value table (zero without one).
+    table: __m256i,
 }
 
 /// The integer dot of one 32-input block, and the kernel instantiated for it.
 pub(crate) trait Dot {
     /// Lane j (of 8) = Σ_{i<4} v[4j + i] · x[4j + i] as f32, v as u8 (at most 15 here) and
-    /// x as i8: every implementation gives exactly these sums (|sum| <= 7620, so exact in
-    /// f32 too).
+    /// x as i8: every implementation gives exactly these sums (|sum| <= 4 · 127 · 127, so
+    /// exact in f32 too; INT2's table values are at most 127).
     unsafe fn dot(v: __m256i, x: __m256i) -> __m256;
 
     /// `put` for the edge tiles, kept out of line so only the two main tiles are inlined
@@ -82,7 +86,8 @@ pub(crate) trait Dot {
     );
 }
 
-/// AVX2: `maddubs` (u4 x i8 pairs: at most 2·15·127 per i16 lane, so it never saturates)
+/// AVX2: `maddubs` (u8 x i8 pairs, the u8 at most 127: at most 2·127·127 per i16 lane, so
+/// it never saturates)
 /// then `madd` with ones.
 pub(crate) struct Avx2;
 /// AVX-VNNI: `vpdpbusd` (VEX), converted with `MAGIC`.
@@ -220,6 +225,7 @@ unsafe fn task<D: Dot, L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0
         d: a.d.as_ptr(),
         sx: a.sx.as_ptr(),
         rc: a.rc.as_ptr(),
+        table: table_vector(w),
     };
     if toks == 1 {
         let mut r = 0;
@@ -259,6 +265,15 @@ unsafe fn task<D: Dot, L: Unpack>(w: &GroupedMatrix<L>, a: &ActQ8, r0: usize, t0
                 _ => {}
             }
         }
+    }
+}
+
+/// A layout's value table as a vector (zero for layouts without one).
+#[inline(always)]
+pub(crate) unsafe fn table_vector<L: Layout>(w: &GroupedMatrix<L>) -> __m256i {
+    match w.table() {
+        t if t.len() == 32 => _mm256_loadu_si256(t.as_ptr().cast()),
+        _ => _mm256_setzero_si256(),
     }
 }
 
@@ -320,7 +335,7 @@ unsafe fn tile<D: Dot, L: Unpack, const R: usize, const T: usize>(c: &Ctx, r0: u
                     // Prefetching past the matrix is harmless (no fault, no effect).
                     _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add((r + PREFETCH) * rb + blk / 2 * L::BLOCK_BYTES).cast());
                 }
-                let (lo, hi) = L::unpack(codes.add(r * rb + blk / 2 * L::BLOCK_BYTES));
+                let (lo, hi) = L::unpack(codes.add(r * rb + blk / 2 * L::BLOCK_BYTES), c.table);
                 for t in 0..T {
                     let lane = if T == 1 { r } else { t };
                     let x = q.add(t * k + blk * 32);

@@ -36,7 +36,8 @@ pub(crate) const GEMM_MIN_T: usize = 16;
 const PANEL: usize = 16;
 /// Tokens per tile.
 const TT: usize = 8;
-/// 1.5 · 2^23 (see `x86::int4::MAGIC`): |block dot| <= 32 · 15 · 127 < 2^22.
+/// 1.5 · 2^23 (see `x86::int4::MAGIC`): |block dot| <= 32 · 127 · 127 < 2^22 (INT2's
+/// table values are at most 127).
 pub(crate) const MAGIC: f32 = 12_582_912.0;
 
 #[derive(Clone, Copy)]
@@ -161,10 +162,11 @@ unsafe fn repack_unpacked<L: Unpack>(w: &GroupedMatrix<L>, r0: usize, rows: usiz
     let (rb, nb) = (w.row_bytes(), w.k() / 32);
     let codes = w.codes().as_ptr();
     let mut buf = [0u8; 64];
+    let table = super::int4::table_vector(w);
     for i in 0..rows {
         let (p, l) = (i / PANEL, i % PANEL);
         for b64 in 0..nb / 2 {
-            let (lo, hi) = L::unpack(codes.add((r0 + i) * rb + b64 * L::BLOCK_BYTES));
+            let (lo, hi) = L::unpack(codes.add((r0 + i) * rb + b64 * L::BLOCK_BYTES), table);
             _mm256_storeu_si256(buf.as_mut_ptr().cast(), lo);
             _mm256_storeu_si256(buf.as_mut_ptr().add(32).cast(), hi);
             for half in 0..2 {

@@ -6,6 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub(crate) mod act;
+pub(crate) mod int2;
 pub(crate) mod int3;
 pub(crate) mod int4;
 pub(crate) mod int4_gemm;
