@@ -168,3 +168,41 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// The real English text the quality tests score (`../shared/corpora/dev-corpus.txt`; CI
+/// lays shared/ beside the clone, as on the development machines).
+pub fn corpus() -> PathBuf {
+    let p = Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../../shared/corpora/dev-corpus.txt");
+    assert!(p.is_file(), "{} is missing", p.display());
+    p
+}
+
+/// The corpus' second half (`tail -c +128167`), which the scored windows do not reach, as a
+/// calibration file in scratch dir `name`.
+pub fn calibration_text(name: &str) -> PathBuf {
+    let text = std::fs::read(corpus()).unwrap();
+    let path = scratch(name).join("calib.txt");
+    std::fs::write(&path, &text[128166..]).unwrap();
+    path
+}
+
+/// The `bits/weight` figure of a convert summary.
+pub fn bits_per_weight(summary: &str) -> f64 {
+    let line = summary.lines().find(|l| l.trim_start().starts_with("bits/weight")).expect("a bits/weight line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `squish run --raw` greedy text of `n` tokens after `prompt`.
+pub fn greedy(model: &Path, prompt: &str, n: &str) -> String {
+    let o = squish().args(["run", "--raw", "--temperature", "0", "-n", n, "--prompt", prompt]).arg(model).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+/// Perplexity on the corpus' first 4 windows of 512 tokens.
+pub fn ppl_4_windows(model: &Path) -> f64 {
+    let o = squish().env("RAYON_NUM_THREADS", "2").args(["eval", "--ctx", "512", "--chunks", "4", "--json", "--text"]).arg(corpus()).arg(model).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    r["ppl"].as_f64().unwrap()
+}

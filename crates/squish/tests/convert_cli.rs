@@ -11,12 +11,6 @@ fn convert(src: &Path, to: &str, out: &Path, extra: &[&str]) -> std::process::Ou
 }
 
 
-fn greedy(model: &Path, prompt: &str, n: &str) -> String {
-    let o = squish().args(["run", "--raw", "--temperature", "0", "-n", n, "--prompt", prompt]).arg(model).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
-}
-
 #[test]
 fn int8_keeps_the_greedy_text_of_the_base() {
     let q = smollm2_converted("int8");

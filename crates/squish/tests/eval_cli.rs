@@ -2,14 +2,6 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
-
-fn corpus() -> PathBuf {
-    // CI lays shared/ beside the clone, as on the development machines.
-    let p = PathBuf::from(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../../shared/corpora/dev-corpus.txt");
-    assert!(p.is_file(), "{} is missing", p.display());
-    p
-}
 
 fn eval_json(args: &[&str]) -> serde_json::Value {
     let o = squish().arg("eval").args(args).arg("--json").output().unwrap();

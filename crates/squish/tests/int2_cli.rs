@@ -4,45 +4,11 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
-
-fn corpus() -> PathBuf {
-    // CI lays shared/ beside the clone, as on the development machines.
-    let p = Path::new(&*std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo test")).join("../../../shared/corpora/dev-corpus.txt");
-    assert!(p.is_file(), "{} is missing", p.display());
-    p
-}
-
-/// The corpus' second half (`tail -c +128167`), which the scored windows do not reach.
-fn calibration_text() -> PathBuf {
-    let text = std::fs::read(corpus()).unwrap();
-    let path = scratch("int2_calib_text").join("calib.txt");
-    std::fs::write(&path, &text[128166..]).unwrap();
-    path
-}
-
-fn bits_per_weight(summary: &str) -> f64 {
-    let line = summary.lines().find(|l| l.trim_start().starts_with("bits/weight")).expect("a bits/weight line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn greedy(model: &Path, prompt: &str, n: &str) -> String {
-    let o = squish().args(["run", "--raw", "--temperature", "0", "-n", n, "--prompt", prompt]).arg(model).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    stdout(&o)
-}
-
-fn ppl_4_windows(model: &Path) -> f64 {
-    let o = squish().env("RAYON_NUM_THREADS", "2").args(["eval", "--ctx", "512", "--chunks", "4", "--json", "--text"]).arg(corpus()).arg(model).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    r["ppl"].as_f64().unwrap()
-}
 
 /// The base scores 15.53 on these 4 windows (`eval_cli`).
 #[test]
 fn int2_calibrated_converts_runs_and_stays_within_its_perplexity_bound() {
-    let calib = calibration_text();
+    let calib = calibration_text("int2_calib_text");
     let out = scratch("int2_calibrated").join("m");
     let o = squish()
         .env("RAYON_NUM_THREADS", "2")
