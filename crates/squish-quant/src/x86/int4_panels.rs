@@ -209,41 +209,32 @@ unsafe fn tile<const T: usize>(c: &Ctx, at: &Tile, outs: &mut [&mut [f32]]) {
     }
 }
 
-/// acc + (u8 lanes of `w`) · (the 4 int8 at x + off, in every lane), the activations read by
-/// the instruction itself (an embedded broadcast). Written with intrinsics, LLVM hoisted the
-/// 8 tokens' broadcasts out of the quad loop and, short of registers, spilled them: a
-/// 64-byte store and reload per multiply. `x + off` addressing spares a chain of address
-/// computations per multiply.
-#[target_feature(enable = "avx512f,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_broadcast(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
-    let mut acc = acc;
-    core::arch::asm!(
-        "vpdpbusd {acc}, {w}, dword ptr [{x} + {off}]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        w = in(zmm_reg) w,
-        x = in(reg) x,
-        off = in(reg) off,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    acc
+/// `$name(acc, w, x, off)` = acc + (u8 lanes of `w`) · (the 4 int8 at x + off + $disp, in
+/// every lane), the activations read by the instruction itself (an embedded broadcast).
+/// Written with intrinsics, LLVM hoisted the 8 tokens' broadcasts out of the quad loop and,
+/// short of registers, spilled them: a 64-byte store and reload per multiply. `x + off`
+/// addressing spares a chain of address computations per multiply.
+macro_rules! dpbusd_broadcast {
+    ($name:ident, $disp:literal) => {
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        #[inline]
+        unsafe fn $name(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
+            let mut acc = acc;
+            core::arch::asm!(
+                concat!("vpdpbusd {acc}, {w}, dword ptr [{x} + {off} + ", $disp, "]{{1to16}}"),
+                acc = inout(zmm_reg) acc,
+                w = in(zmm_reg) w,
+                x = in(reg) x,
+                off = in(reg) off,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+            acc
+        }
+    };
 }
-
-/// `dpbusd_broadcast` of the 4 int8 at x + off + 32 (the next block's).
-#[target_feature(enable = "avx512f,avx512vnni")]
-#[inline]
-unsafe fn dpbusd_broadcast_32(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
-    let mut acc = acc;
-    core::arch::asm!(
-        "vpdpbusd {acc}, {w}, dword ptr [{x} + {off} + 32]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        w = in(zmm_reg) w,
-        x = in(reg) x,
-        off = in(reg) off,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    acc
-}
+// The low block's activations, and the high block's 32 bytes on.
+dpbusd_broadcast!(dpbusd_broadcast, 0);
+dpbusd_broadcast!(dpbusd_broadcast_32, 32);
 
 /// tot[t] += f32(block `blk`'s exact integer dot) · (scale · activation scale), the block's
 /// dot being the two accumulators' sum less `MAGIC`.
