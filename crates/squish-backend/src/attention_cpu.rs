@@ -3,10 +3,12 @@
 //! vectorized exp, one task per (query, head) on the compute pool. It replaces candle ops
 //! that copied the cache for every token (decode of SmolLM2 INT4: ~194 -> ~218 tokens/s);
 //! for prefill, candle's batched matmuls are faster (measured), so it is not used there.
+//! Keys and values may be stored as f32 or f16 (`Rows`); the arithmetic is f32 either way.
 
 use crate::activation::exp;
 use crate::Result;
-use candle_core::{Storage, Tensor};
+use candle_core::{CpuStorage, Storage, Tensor};
+use half::f16;
 use rayon::prelude::*;
 use squish_quant::team;
 
@@ -52,7 +54,7 @@ pub fn causal_attention_cpu_many(items: &[(&Tensor, &Tensor, &Tensor, usize)]) -
 /// values: `q` is every sequence's new rows, token-major (t, heads * d), already rotated;
 /// `caches` holds per sequence its layer's key and value tensors (1, kv_heads, capacity, d),
 /// its first position and its row count in `q`. -> (t, heads * d), None unless every cache
-/// is an f32 CPU tensor with unit stride in d.
+/// is an f32 or f16 CPU tensor with unit stride in d.
 pub fn attention_from_caches(q: &[f32], heads: usize, d: usize, caches: &[(&Tensor, &Tensor, usize, usize)]) -> Result<Option<Vec<f32>>> {
     let guards: Vec<_> = caches.iter().map(|(k, v, ..)| (k.storage_and_layout(), v.storage_and_layout())).collect();
     let mut views = Vec::with_capacity(caches.len());
@@ -90,8 +92,12 @@ fn attend_views(views: &[View]) -> Vec<Vec<f32>> {
                 &v.qs[at..at + v.d]
             })
             .collect();
-        let job = Group { q, k: &v.ks[base..], v: &v.vs[base..], stride: v.pos_stride, seen, scale: 1.0 / (v.d as f32).sqrt() };
-        SCORES.with_borrow_mut(|scores| attend(&job, scores, o));
+        let scale = 1.0 / (v.d as f32).sqrt();
+        SCORES.with_borrow_mut(|scores| match (v.ks, v.vs) {
+            (Rows::F32(k), Rows::F32(vs)) => attend(&Group { q, k: &k[base..], v: &vs[base..], stride: v.pos_stride, seen, scale }, scores, o),
+            (Rows::F16(k), Rows::F16(vs)) => attend(&Group { q, k: &k[base..], v: &vs[base..], stride: v.pos_stride, seen, scale }, scores, o),
+            _ => unreachable!("View::new pairs keys and values of one dtype"),
+        });
     });
     outs
 }
@@ -101,14 +107,65 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A cache tensor's storage as stored.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Rows<'a> {
+    /// From `offset` on; None for other storage.
+    fn of(storage: &'a Storage, offset: usize) -> Option<Self> {
+        match storage {
+            Storage::Cpu(CpuStorage::F32(x)) => Some(Rows::F32(&x[offset..])),
+            Storage::Cpu(CpuStorage::F16(x)) => Some(Rows::F16(&x[offset..])),
+            _ => None,
+        }
+    }
+}
+
+/// What keys and values may be stored as: each value read as f32.
+trait Elem: Copy + Sync {
+    fn f32(self) -> f32;
+    /// 16 values from `p` as f32 lanes. SAFETY: avx512f present, 16 values readable at p.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> core::arch::x86_64::__m512;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> core::arch::x86_64::__m512 {
+        core::arch::x86_64::_mm512_loadu_ps(p)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> core::arch::x86_64::__m512 {
+        use core::arch::x86_64::*;
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+}
+
 /// One sequence's inputs as slices of the tensors' storage.
 struct View<'a> {
     qs: &'a [f32],
     /// Where query head h of row i starts in `qs`: h * q_head_stride + i * q_row_stride.
     q_head_stride: usize,
     q_row_stride: usize,
-    ks: &'a [f32],
-    vs: &'a [f32],
+    ks: Rows<'a>,
+    vs: Rows<'a>,
     head_stride: usize,
     pos_stride: usize,
     heads: usize,
@@ -120,8 +177,8 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// None unless keys and values are f32 CPU storage with unit stride in d and equal
-    /// layouts. `q_strides` = (per head, per row).
+    /// None unless keys and values are f32 or f16 CPU storage (both the same) with unit
+    /// stride in d and equal layouts. `q_strides` = (per head, per row).
     #[allow(clippy::too_many_arguments)]
     fn new(
         qs: &'a [f32],
@@ -134,17 +191,16 @@ impl<'a> View<'a> {
         d: usize,
         start: usize,
     ) -> Option<Self> {
-        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (kst, vst) else { return None };
-        let (Ok(ks), Ok(vs)) = (ks.as_slice::<f32>(), vs.as_slice::<f32>()) else { return None };
-        if kl.stride()[3] != 1 || kl.stride() != vl.stride() || kl.dims()[3] != d {
+        let (ks, vs) = (Rows::of(kst, kl.start_offset())?, Rows::of(vst, vl.start_offset())?);
+        if kl.stride()[3] != 1 || kl.stride() != vl.stride() || kl.dims()[3] != d || kst.dtype() != vst.dtype() {
             return None;
         }
         Some(View {
             qs,
             q_head_stride: q_strides.0,
             q_row_stride: q_strides.1,
-            ks: &ks[kl.start_offset()..],
-            vs: &vs[vl.start_offset()..],
+            ks,
+            vs,
             head_stride: kl.stride()[1],
             pos_stride: kl.stride()[2],
             heads,
@@ -159,10 +215,10 @@ impl<'a> View<'a> {
 
 /// One task's inputs: the query heads sharing a kv head (each d long), and that head's keys
 /// and values (`stride` apart) of which the first `seen` count.
-struct Group<'a> {
+struct Group<'a, E> {
     q: Vec<&'a [f32]>,
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a [E],
+    v: &'a [E],
     stride: usize,
     seen: usize,
     scale: f32,
@@ -171,7 +227,7 @@ struct Group<'a> {
 /// o_g = softmax(q_g·K / sqrt(d)) V for each query head g of `job`, into `o` (group x d).
 /// Each head's arithmetic is the same as alone (same dot, same order over keys); only the
 /// key and value reads are shared.
-fn attend(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+fn attend<E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
@@ -188,10 +244,10 @@ fn attend(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend_avx512<E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
     match o.len() / job.q.len() {
-        64 => attend_zmm::<4>(job, scores, o),
-        128 => attend_zmm::<8>(job, scores, o),
+        64 => attend_zmm::<4, E>(job, scores, o),
+        128 => attend_zmm::<8, E>(job, scores, o),
         _ => attend_body(job, scores, o),
     }
 }
@@ -202,7 +258,7 @@ unsafe fn attend_avx512(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
 /// (its float-to-int cast) made decode attention a quarter of a batched step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn attend_zmm<const C: usize>(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
     use core::arch::x86_64::*;
     let Group { q: qs, k, v, stride, seen, scale } = job;
     let (stride, seen) = (*stride, *seen);
@@ -213,9 +269,9 @@ unsafe fn attend_zmm<const C: usize>(job: &Group, scores: &mut Vec<f32>, o: &mut
         let row = &mut scores[g * seen..(g + 1) * seen];
         let dot = |j: usize| {
             let kj = k.as_ptr().add(j * stride);
-            let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
+            let mut acc = _mm512_mul_ps(qv[0], E::load16(kj));
             for c in 1..C {
-                acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj.add(16 * c)), acc);
+                acc = _mm512_fmadd_ps(qv[c], E::load16(kj.add(16 * c)), acc);
             }
             acc
         };
@@ -249,7 +305,7 @@ unsafe fn attend_zmm<const C: usize>(job: &Group, scores: &mut Vec<f32>, o: &mut
         for (j, &p) in row.iter().enumerate() {
             let (p, vj) = (_mm512_set1_ps(p), v.as_ptr().add(j * stride));
             for c in 0..C {
-                acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj.add(16 * c)), acc[c]);
+                acc[c] = _mm512_fmadd_ps(p, E::load16(vj.add(16 * c)), acc[c]);
             }
         }
         let inv = _mm512_set1_ps(1.0 / total);
@@ -302,12 +358,12 @@ unsafe fn exp_zmm(x: core::arch::x86_64::__m512) -> core::arch::x86_64::__m512 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+unsafe fn attend_avx2<E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
     attend_body(job, scores, o)
 }
 
 #[inline(always)]
-fn attend_body(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
+fn attend_body<E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
     let Group { q: qs, k, v, stride, seen, scale } = job;
     let (stride, seen, scale, group) = (*stride, *seen, *scale, qs.len());
     let d = o.len() / group;
@@ -335,7 +391,7 @@ fn attend_body(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
         for (g, og) in o.chunks_exact_mut(d).enumerate() {
             let p = scores[g * seen + j];
             for (oe, &ve) in og.iter_mut().zip(vj) {
-                *oe += p * ve;
+                *oe += p * ve.f32();
             }
         }
     }
@@ -347,13 +403,13 @@ fn attend_body(job: &Group, scores: &mut Vec<f32>, o: &mut [f32]) {
 
 /// Dot product in 16 independent lanes, so it vectorizes without reassociation flags.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<E: Elem>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y.f32()).sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..16 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].f32();
         }
     }
     tree_sum(acc) + tail
@@ -403,19 +459,22 @@ mod tests {
     }
 
     /// Every path (zmm for head dims 64 and 128, the generic body otherwise) against attention
-    /// in f64, with keys and values read from a cache-like tensor wider than the keys in use.
+    /// in f64, with keys and values read from a cache-like tensor wider than the keys in use,
+    /// stored as f32 and as f16 (the reference then reads the f16-rounded values).
     #[test]
     fn decode_attention_matches_f64_reference() {
         let dev = Device::Cpu;
+        for dtype in [candle_core::DType::F32, candle_core::DType::F16] {
+        let stored = |x: Vec<f32>| -> Vec<f32> { if dtype == candle_core::DType::F16 { x.into_iter().map(|v| f16::from_f32(v).to_f32()).collect() } else { x } };
         for (heads, kv_heads, d) in [(9, 3, 64), (4, 4, 128), (6, 2, 48)] {
             for (q_len, start) in [(1, 0), (1, 37), (5, 12)] {
                 let (kv_len, cap) = (start + q_len, start + q_len + 9);
                 let q = Tensor::from_vec(values(heads * q_len * d, 1), (1, heads, q_len, d), &dev).unwrap();
-                let cache = |seed| Tensor::from_vec(values(kv_heads * cap * d, seed), (1, kv_heads, cap, d), &dev).unwrap();
+                let cache = |seed| Tensor::from_vec(values(kv_heads * cap * d, seed), (1, kv_heads, cap, d), &dev).unwrap().to_dtype(dtype).unwrap();
                 let (kc, vc) = (cache(2), cache(3));
                 let (k, v) = (kc.narrow(2, 0, kv_len).unwrap(), vc.narrow(2, 0, kv_len).unwrap());
                 let got = causal_attention_cpu(&q, &k, &v, start).unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let (qv, kv, vv) = (values(heads * q_len * d, 1), values(kv_heads * cap * d, 2), values(kv_heads * cap * d, 3));
+                let (qv, kv, vv) = (values(heads * q_len * d, 1), stored(values(kv_heads * cap * d, 2)), stored(values(kv_heads * cap * d, 3)));
                 let group = heads / kv_heads;
                 for h in 0..heads {
                     for i in 0..q_len {
@@ -432,11 +491,12 @@ mod tests {
                         for e in 0..d {
                             let want = (0..seen).map(|j| w[j] * at(&vv, j, e)).sum::<f64>() / total;
                             let have = got[(i * heads + h) * d + e] as f64;
-                            assert!((have - want).abs() < 2e-5, "heads {heads} d {d} q_len {q_len} start {start}: {have} vs {want}");
+                            assert!((have - want).abs() < 2e-5, "{dtype:?} heads {heads} d {d} q_len {q_len} start {start}: {have} vs {want}");
                         }
                     }
                 }
             }
+        }
         }
     }
 }

@@ -251,9 +251,9 @@ impl Decoder {
         &self.device
     }
 
-    /// A cache for one sequence of at most `capacity` tokens.
-    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, ModelError> {
-        Ok(KvCache::new(self.cfg.layers, self.cfg.kv_heads, self.cfg.head_dim, capacity, &self.device)?)
+    /// A cache for one sequence of at most `capacity` tokens, stored as `dtype` (f32 or f16).
+    pub fn new_cache(&self, capacity: usize, dtype: candle_core::DType) -> Result<KvCache, ModelError> {
+        Ok(KvCache::new(self.cfg.layers, self.cfg.kv_heads, self.cfg.head_dim, capacity, dtype, &self.device)?)
     }
 
     /// Runs `tokens` after the ones already in `cache` and returns the final hidden states.

@@ -1,8 +1,11 @@
 //! The key/value cache of one sequence: preallocated to the context size at creation (so its
 //! memory is known up front and never reallocated), written in place, truncatable so a prompt
-//! that shares a prefix with the previous one reuses it.
+//! that shares a prefix with the previous one reuses it. Stored as f32 or f16: f16 halves
+//! the memory and what each decode step reads (attention over a batch of long contexts reads
+//! as many bytes of cache as of weights), at a rounding of every key and value to 11 bits.
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor};
+use half::slice::HalfFloatSliceExt;
 
 pub struct KvCache {
     keys: Vec<Tensor>,   // per layer: (1, kv_heads, capacity, head_dim)
@@ -10,6 +13,7 @@ pub struct KvCache {
     /// The tokens whose keys and values are stored, in order.
     tokens: Vec<u32>,
     capacity: usize,
+    dtype: DType,
 }
 
 impl KvCache {
@@ -18,15 +22,25 @@ impl KvCache {
         kv_heads: usize,
         head_dim: usize,
         capacity: usize,
+        dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let make = || zeros_aligned((1, kv_heads, capacity, head_dim), device);
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            candle_core::bail!("a kv cache holds f32 or f16, not {dtype:?}");
+        }
+        let make = || zeros_aligned((1, kv_heads, capacity, head_dim), dtype, device);
         Ok(Self {
             keys: (0..layers).map(|_| make()).collect::<candle_core::Result<_>>()?,
             values: (0..layers).map(|_| make()).collect::<candle_core::Result<_>>()?,
             tokens: Vec::new(),
             capacity,
+            dtype,
         })
+    }
+
+    /// What the keys and values are stored as.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn len(&self) -> usize {
@@ -51,13 +65,14 @@ impl KvCache {
     }
 
     /// Stores one layer's keys and values for positions len..len+t and returns all of them.
-    /// k, v: (1, kv_heads, t, head_dim) -> (1, kv_heads, len + t, head_dim) each
+    /// k, v: (1, kv_heads, t, head_dim) -> (1, kv_heads, len + t, head_dim) each, in k's dtype
     pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let start = self.tokens.len();
         let t = k.dim(2)?;
-        self.keys[layer].slice_set(&k.contiguous()?, 2, start)?;
-        self.values[layer].slice_set(&v.contiguous()?, 2, start)?;
-        Ok((self.keys[layer].narrow(2, 0, start + t)?, self.values[layer].narrow(2, 0, start + t)?))
+        self.keys[layer].slice_set(&k.to_dtype(self.dtype)?.contiguous()?, 2, start)?;
+        self.values[layer].slice_set(&v.to_dtype(self.dtype)?.contiguous()?, 2, start)?;
+        let all = |x: &Tensor| x.narrow(2, 0, start + t)?.to_dtype(k.dtype());
+        Ok((all(&self.keys[layer])?, all(&self.values[layer])?))
     }
 
     /// Writes one layer's keys and values for positions len..len+t in place, from plain rows
@@ -81,20 +96,24 @@ impl KvCache {
 }
 
 /// Zeros whose first element sits on a 64-byte boundary on the CPU, so that every key and
-/// value row (a multiple of 64 bytes) does too: the attention kernel's 64-byte loads then
-/// never straddle two cache lines (malloc aligns to 16 only, and the split loads cost a
-/// long-context decode step several percent).
-fn zeros_aligned(shape: (usize, usize, usize, usize), device: &Device) -> candle_core::Result<Tensor> {
+/// value row (a multiple of 64 bytes in f32, of 32 in f16) does too: the attention kernel's
+/// loads then never straddle two cache lines (malloc aligns to 16 only, and the split loads
+/// cost a long-context decode step several percent).
+fn zeros_aligned(shape: (usize, usize, usize, usize), dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
     let n = shape.0 * shape.1 * shape.2 * shape.3;
     if !device.is_cpu() {
-        return Tensor::zeros(shape, DType::F32, device);
+        return Tensor::zeros(shape, dtype, device);
     }
-    const LANES: usize = 16; // f32 per 64 bytes
-    let all = Tensor::zeros(n + LANES, DType::F32, device)?;
+    let size = dtype.size_in_bytes();
+    let all = Tensor::zeros(n + 64 / size, dtype, device)?;
     let skip = {
         let (storage, _) = all.storage_and_layout();
-        let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*storage else { candle_core::bail!("zeros are not f32") };
-        (v.as_ptr() as usize).wrapping_neg() % 64 / 4
+        let at = match &*storage {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr() as usize,
+            candle_core::Storage::Cpu(CpuStorage::F16(v)) => v.as_ptr() as usize,
+            _ => candle_core::bail!("zeros of {dtype:?} on the cpu"),
+        };
+        at.wrapping_neg() % 64 / size
     };
     all.narrow(0, skip, n)?.reshape(shape)
 }
@@ -112,17 +131,17 @@ impl InplaceOp1 for WriteRows<'_> {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("the kv cache is not f32") };
         let (_, heads, capacity, d) = layout.shape().dims4()?;
         let t = self.rows.len() / (heads * d);
         if !layout.is_contiguous() || self.start + t > capacity || t * heads * d != self.rows.len() {
             candle_core::bail!("kv cache write of {} values at {} does not fit {:?}", self.rows.len(), self.start, layout.shape());
         }
-        let data = &mut data[layout.start_offset()..];
-        for (i, row) in self.rows.chunks_exact(heads * d).enumerate() {
-            for (h, head) in row.chunks_exact(d).enumerate() {
-                data[(h * capacity + self.start + i) * d..][..d].copy_from_slice(head);
-            }
+        let at = |i: usize, h: usize| layout.start_offset() + (h * capacity + self.start + i) * d;
+        let heads_of = || self.rows.chunks_exact(heads * d).enumerate().flat_map(|(i, row)| row.chunks_exact(d).enumerate().map(move |(h, x)| (i, h, x)));
+        match storage {
+            CpuStorage::F32(data) => heads_of().for_each(|(i, h, x)| data[at(i, h)..][..d].copy_from_slice(x)),
+            CpuStorage::F16(data) => heads_of().for_each(|(i, h, x)| data[at(i, h)..][..d].convert_from_f32_slice(x)),
+            _ => candle_core::bail!("the kv cache is neither f32 nor f16"),
         }
         Ok(())
     }
@@ -137,17 +156,34 @@ mod tests {
     #[test]
     fn caches_are_aligned_and_hold_their_rows() {
         let (layers, heads, cap, d) = (3, 2, 5, 64);
-        let mut c = KvCache::new(layers, heads, d, cap, &Device::Cpu).unwrap();
-        for l in 0..layers {
-            for t in [&c.keys[l], &c.values[l]] {
-                let (s, layout) = t.storage_and_layout();
-                let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &*s else { panic!("not f32") };
-                assert_eq!(v[layout.start_offset()..].as_ptr() as usize % 64, 0);
+        for dtype in [DType::F32, DType::F16] {
+            let mut c = KvCache::new(layers, heads, d, cap, dtype, &Device::Cpu).unwrap();
+            for l in 0..layers {
+                for t in [&c.keys[l], &c.values[l]] {
+                    let (s, layout) = t.storage_and_layout();
+                    let at = match &*s {
+                        candle_core::Storage::Cpu(CpuStorage::F32(v)) => v[layout.start_offset()..].as_ptr() as usize,
+                        candle_core::Storage::Cpu(CpuStorage::F16(v)) => v[layout.start_offset()..].as_ptr() as usize,
+                        _ => panic!("{dtype:?} cache of another storage"),
+                    };
+                    assert_eq!(at % 64, 0, "{dtype:?}");
+                }
             }
+            // Small integers: exact in f16 too.
+            let rows: Vec<f32> = (0..2 * heads * d).map(|i| i as f32).collect();
+            c.write_rows(1, &rows, &rows).unwrap();
+            let k = c.keys[1].narrow(2, 0, 2).unwrap().transpose(1, 2).unwrap().flatten_all().unwrap();
+            assert_eq!(k.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(), rows, "{dtype:?}");
         }
-        let rows: Vec<f32> = (0..2 * heads * d).map(|i| i as f32).collect();
-        c.write_rows(1, &rows, &rows).unwrap();
-        let k = c.keys[1].narrow(2, 0, 2).unwrap().transpose(1, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(k, rows);
+    }
+
+    #[test]
+    fn an_f16_cache_returns_what_it_stored_in_the_callers_dtype() {
+        let mut c = KvCache::new(1, 2, 4, 8, DType::F16, &Device::Cpu).unwrap();
+        let k = Tensor::from_vec((0..16).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), (1, 2, 2, 4), &Device::Cpu).unwrap();
+        let (ks, vs) = c.append(0, &k, &k).unwrap();
+        assert_eq!((ks.dtype(), vs.dims()), (DType::F32, &[1, 2, 2, 4][..]));
+        let (got, want) = (ks.flatten_all().unwrap().to_vec1::<f32>().unwrap(), k.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= w.abs() / 1024.0), "{got:?}");
     }
 }

@@ -23,7 +23,7 @@ pub use sampler::{argmax, Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::Weights;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use squish_format::ModelFiles;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +37,7 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub path: PathBuf,
     ctx: usize,
+    kv_dtype: DType,
 }
 
 /// A model's files with its config and tokenizer, before any weight is loaded.
@@ -88,7 +89,7 @@ impl Model {
         };
         let weights = weights::Weights::new(&files, &config, device);
         let decoder = Decoder::load(&config, &weights, ctx, device)?;
-        Ok(Self { decoder, tokenizer, path: path.to_path_buf(), ctx })
+        Ok(Self { decoder, tokenizer, path: path.to_path_buf(), ctx, kv_dtype: DType::F32 })
     }
 
     /// The most tokens (prompt and output) one sequence may hold.
@@ -97,7 +98,22 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> Result<KvCache, ModelError> {
-        self.decoder.new_cache(self.ctx)
+        self.decoder.new_cache(self.ctx, self.kv_dtype)
+    }
+
+    /// What `new_cache` stores keys and values as: f32 (the default) or f16.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// Makes `new_cache` store keys and values as `dtype`: f32 or f16 (half the memory and
+    /// of what batched decode reads; each key and value rounded to f16).
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<(), ModelError> {
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            return Err(ModelError::unsupported(&self.path, format!("a {dtype:?} kv cache: f32 or f16 only")));
+        }
+        self.kv_dtype = dtype;
+        Ok(())
     }
 
     /// The chat template, if the model has one.

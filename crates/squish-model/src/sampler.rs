@@ -93,15 +93,25 @@ impl Sampler {
     }
 }
 
-/// The highest logit's id; the lowest id among equals.
+/// The highest logit's id; the lowest id among equals (NaN never wins, but a NaN first logit
+/// is never beaten: the plain scan's answer).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
+    // Two passes the compiler vectorizes (16 running maxima, then a search for the first
+    // equal): the one-pass scan, a dependent compare per logit, took a batched serving
+    // step several percent over a 49k vocabulary, once per sequence.
+    if logits.first().is_none_or(|l| l.is_nan()) {
+        return 0;
+    }
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &l| if l > m { l } else { m });
+    for c in chunks {
+        for (m, &l) in lanes.iter_mut().zip(c) {
+            *m = if l > *m { l } else { *m };
         }
     }
-    best as u32
+    max = lanes.iter().fold(max, |m, &l| if l > m { l } else { m });
+    logits.iter().position(|&l| l == max).unwrap_or(0) as u32
 }
 
 /// A tiny, fast, well-distributed PRNG whose sequence never changes across versions.
@@ -125,6 +135,36 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectorized argmax answers as a plain first-best scan, ties, NaN and -inf included.
+    #[test]
+    fn argmax_is_the_first_best() {
+        let scan = |l: &[f32]| {
+            let mut best = 0;
+            for (i, &x) in l.iter().enumerate() {
+                if x > l[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        };
+        let mut rng = SplitMix64(7);
+        for n in [1, 5, 16, 17, 100, 49152] {
+            for case in 0..6 {
+                // Few distinct values, so ties are common.
+                let mut l: Vec<f32> = (0..n).map(|_| (rng.next_u64() % 7) as f32 - 3.0).collect();
+                match case {
+                    1 => l[0] = f32::NAN,
+                    2 => l[n / 2] = f32::NAN,
+                    3 => l.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+                    4 => l[n - 1] = 99.0,
+                    _ => {}
+                }
+                assert_eq!(argmax(&l), scan(&l), "n {n} case {case}");
+            }
+        }
+        assert_eq!(argmax(&[]), 0);
+    }
 
     fn draw(params: SamplingParams, n: usize) -> Vec<u32> {
         let mut s = Sampler::new(params);

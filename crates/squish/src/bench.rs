@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// between the counts)
     #[arg(long, value_delimiter = ',', value_name = "S,S,...")]
     pub streams: Vec<usize>,
+    /// What the KV caches store (`squish serve` defaults to f16)
+    #[arg(long, value_enum, default_value_t = crate::setup::KvCache::F32)]
+    pub kv_cache: crate::setup::KvCache,
     #[command(flatten)]
     pub serving: crate::bench_server::ServerArgs,
 }
@@ -66,7 +69,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let ctx = Some(args.p.max(args.n + 1).max(8) + if args.streams.is_empty() { 0 } else { args.n + 1 });
     let evicted = evict_from_page_cache(&path);
     let t0 = Instant::now();
-    let model = Model::load(&path, &device, ctx)?;
+    let mut model = Model::load(&path, &device, ctx)?;
+    args.kv_cache.apply(&mut model)?;
     let load_cold = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     drop(Model::load(&path, &device, ctx)?);

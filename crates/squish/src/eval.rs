@@ -43,15 +43,23 @@ pub struct EvalArgs {
     /// Where to run: auto, cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// What the KV cache stores (the model's and --base's; `squish serve` defaults to f16)
+    #[arg(long, value_enum, default_value_t = crate::setup::KvCache::F32)]
+    pub kv_cache: crate::setup::KvCache,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let (device, _) = setup::device(&args.device, args.threads)?;
     let path = model_arg::resolve(args.model.clone())?;
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}", args.text.display()))?;
-    let model = Model::load(&path, &device, Some(args.ctx.max(8)))?;
+    let load = |path: &std::path::Path| -> Result<Model> {
+        let mut model = Model::load(path, &device, Some(args.ctx.max(8)))?;
+        args.kv_cache.apply(&mut model)?;
+        Ok(model)
+    };
+    let model = load(&path)?;
     let base = match &args.base {
-        Some(b) => Some(Model::load(&model_arg::resolve(Some(b.clone()))?, &device, Some(args.ctx.max(8)))?),
+        Some(b) => Some(load(&model_arg::resolve(Some(b.clone()))?)?),
         None => None,
     };
     let bar = setup::progress_bar(0, "{bar:30} {pos}/{len} windows {elapsed}<{eta}");

@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Context size in tokens [default: the model's, at most 4096]
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// What the KV cache stores (`squish serve` defaults to f16)
+    #[arg(long, value_enum, default_value_t = crate::setup::KvCache::F32)]
+    pub kv_cache: crate::setup::KvCache,
     /// Where to run: auto, cpu, cuda, cuda:N, metal
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -88,6 +91,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     let t0 = Instant::now();
     let mut model = Model::load(&path, &device, args.ctx)?;
+    args.kv_cache.apply(&mut model)?;
     if let Some(dir) = &args.lora {
         crate::lora::attach(&mut model, &[format!("lora={}", dir.display())], &device)?;
         model.decoder.set_default_adapter(Some(0));

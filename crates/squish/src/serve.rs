@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Context size in tokens per sequence [default: the model's, at most 4096]
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// What the KV caches store: f16 (as llama-server does) halves their memory and what a
+    /// batched decode step reads; f32 is exact
+    #[arg(long, value_enum, default_value_t = crate::setup::KvCache::F16)]
+    pub kv_cache: crate::setup::KvCache,
     /// Largest request body in bytes; larger ones get 413
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body: usize,
@@ -74,6 +78,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let path = arg.path;
     let t0 = Instant::now();
     let mut model = Model::load(&path, &device, args.ctx)?;
+    args.kv_cache.apply(&mut model)?;
     let adapters = crate::lora::attach(&mut model, &args.lora, &device)?;
     let details = details(&path, &model);
     let model_id = args.name.clone().or(arg.stored.map(|(name, _)| name)).unwrap_or_else(|| default_name(&path));

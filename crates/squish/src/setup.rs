@@ -11,6 +11,27 @@ pub fn device(device: &str, threads: Option<usize>) -> Result<(Device, usize)> {
     Ok((squish_backend::open_device(request)?, threads))
 }
 
+/// What KV caches store keys and values as (`--kv-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCache {
+    /// 4 bytes per value: exact
+    F32,
+    /// 2 bytes per value: half the cache memory and of what attention reads per step (every
+    /// key and value rounded to 11 significant bits, as llama.cpp's default cache does)
+    F16,
+}
+
+impl KvCache {
+    /// Makes `model`'s new caches store this type.
+    pub fn apply(self, model: &mut squish_model::Model) -> Result<()> {
+        let dtype = match self {
+            KvCache::F32 => squish_backend::DType::F32,
+            KvCache::F16 => squish_backend::DType::F16,
+        };
+        Ok(model.set_kv_dtype(dtype)?)
+    }
+}
+
 /// A progress bar on stderr in squish's style; hidden when stderr is not a terminal.
 pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);

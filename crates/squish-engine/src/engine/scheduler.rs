@@ -232,7 +232,7 @@ fn step(
 
 /// The mean of the final hidden states over `tokens`, L2-normalised.
 fn embed(model: &Model, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
-    let mut cache = model.decoder.new_cache(tokens.len())?;
+    let mut cache = model.decoder.new_cache(tokens.len(), model.kv_dtype())?;
     let mut sum = vec![0f32; model.decoder.config().hidden];
     for chunk in tokens.chunks(PREFILL_CHUNK) {
         let h = model.decoder.forward(chunk, &mut cache)?.squeeze(0)?.sum(0)?.to_vec1::<f32>()?;

@@ -315,7 +315,7 @@ impl<'a> Calibration<'a> {
             let (tap, out) = match piece {
                 0 => (Tap::AttnIn(i), shell.stage_attn_in(layer, x)?),
                 1 => {
-                    let mut cache = crate::KvCache::new(1, cfg.kv_heads, cfg.head_dim, ctx, &Device::Cpu)?;
+                    let mut cache = crate::KvCache::new(1, cfg.kv_heads, cfg.head_dim, ctx, candle_core::DType::F32, &Device::Cpu)?;
                     let n = act.take().expect("the q/k/v input");
                     let step = crate::Step { tokens, cache: &mut cache, adapter: None };
                     (Tap::AttnOut(i), shell.stage_attn_out(layer, 0, &n, &mut [step])?)
