@@ -26,7 +26,7 @@ fn scratch(name: &str) -> PathBuf {
 /// The tiny model `name` converted to INT4, embeddings and head included, into `scratch(dir)`.
 fn int4(name: &str, dir: &str) -> PathBuf {
     let out = scratch(dir);
-    let opts = ConvertOptions { scheme: Scheme::Int4, group_size: None, embedding_scheme: None, calib: None, calib_tokens: 0, force: true };
+    let opts = ConvertOptions { scheme: Scheme::Int4, group_size: None, embedding_scheme: None, calib: None, calib_tokens: 0, tune_epochs: 0, force: true };
     let summary = convert(&tiny(name), &out, &opts, &mut |_| {}).unwrap();
     assert!(summary.fallbacks.is_empty(), "{name}: {:?}", summary.fallbacks);
     out

@@ -77,6 +77,46 @@ pub fn expand_params(s8: &[u8], m8: &[i8], steps: &[f16]) -> Result<(Vec<f16>, V
     Ok((scales, mins))
 }
 
+/// One row's parameters `values` re-encoded on its grid `step`: the step stays unless the
+/// largest |value| outgrows `top` codes (then it becomes that value / top, rounded up in
+/// f16); each code is the nearest, in -top..=top.
+pub(crate) fn regrid(values: &[f32], step: &mut f16, top: f32) -> Vec<f32> {
+    let largest = values.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let mut ds = step.to_f32();
+    if largest > top * ds {
+        ds = f16::from_f32(largest / top).to_f32();
+        if largest / ds > top {
+            ds = f16::from_bits(f16::from_f32(ds).to_bits() + 1).to_f32();
+        }
+        *step = f16::from_f32(ds);
+    }
+    values.iter().map(|&v| if ds > 0.0 { (v / ds).round().clamp(-top, top) } else { 0.0 }).collect()
+}
+
+/// Multiplies every group's scale and min by its factor (one per group, row-major as the
+/// codes; a group's weights all scale by it) and re-encodes them on their rows' grids
+/// (`regrid`: a row keeps its steps unless a new value outgrows them).
+///
+/// Panics unless the lengths fit n rows (`steps`: n x 2) of k/g groups.
+pub fn rescale(s8: &mut [u8], m8: &mut [i8], steps: &mut [f16], factors: &[f32]) {
+    let n = steps.len() / 2;
+    assert!(n > 0 && steps.len() % 2 == 0 && s8.len() == m8.len() && s8.len() == factors.len() && s8.len() % n == 0, "params8 rescale: shapes");
+    let ng = s8.len() / n;
+    for (r, st) in steps.chunks_exact_mut(2).enumerate() {
+        let (ds, dm) = (st[0].to_f32(), st[1].to_f32());
+        let at = r * ng..(r + 1) * ng;
+        let f = &factors[at.clone()];
+        let scales: Vec<f32> = s8[at.clone()].iter().zip(f).map(|(&c, &f)| f16::from_f32(ds * c as f32).to_f32() * f.max(0.0)).collect();
+        let mins: Vec<f32> = m8[at.clone()].iter().zip(f).map(|(&c, &f)| f16::from_f32(dm * c as f32).to_f32() * f.max(0.0)).collect();
+        for (c, q) in s8[at.clone()].iter_mut().zip(regrid(&scales, &mut st[0], 255.0)) {
+            *c = q.max(0.0) as u8;
+        }
+        for (c, q) in m8[at].iter_mut().zip(regrid(&mins, &mut st[1], 127.0)) {
+            *c = q as i8;
+        }
+    }
+}
+
 /// Each row's grids from a first quantization's f16 parameters: ds covers the row's
 /// largest scale and dm its largest |min|, both times `headroom`.
 fn row_grids<L: Layout>(first: &GroupedOwned<L>, n: usize, headroom: f32) -> (Vec<[f32; 2]>, Vec<f16>) {

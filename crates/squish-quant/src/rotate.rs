@@ -76,6 +76,10 @@ impl Rotation {
     pub fn k(&self) -> usize {
         self.signs.len()
     }
+    /// D's diagonal: ±1 per input.
+    pub fn signs(&self) -> &[f32] {
+        &self.signs
+    }
     pub fn block(&self) -> usize {
         self.block
     }

@@ -136,6 +136,7 @@ pub fn pull(opts: &PullOptions, on: &mut dyn FnMut(PullEvent)) -> Result<Pulled>
         embedding_scheme: None,
         calib: opts.calib.clone(),
         calib_tokens: 32768,
+        tune_epochs: 2,
         force: true, // written beside and swapped in whole
     };
     let summary = convert::convert(&snapshot.model_path, &dir, &convert_opts, &mut |p| on(PullEvent::Convert(p)))?;
@@ -239,6 +240,11 @@ pub fn server_puller() -> squish_server::Puller {
                 total: Some(total as u64),
                 completed: Some(index as u64 + 1),
                 ..PullStatus::new(format!("converting to {scheme}"))
+            }),
+            PullEvent::Convert(Progress::Tune { step, total, .. }) => report(PullStatus {
+                total: Some(total as u64),
+                completed: Some(step as u64),
+                ..PullStatus::new(format!("tuning the {scheme} conversion"))
             }),
         })
         .map_err(fail)?;

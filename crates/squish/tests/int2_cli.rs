@@ -1,5 +1,5 @@
 //! INT2: SmolLM2 converted with `--to int2` (one conversion, with a small calibration
-//! sample to keep the suite cheap) runs, stays inside a perplexity bound derived from the
+//! sample to keep the suite cheap, tuned as by default) runs, stays inside a perplexity bound derived from the
 //! measured value, and the summary reports its true bits per weight (at most 2.6).
 
 mod common;
@@ -42,6 +42,8 @@ fn int2_calibrated_converts_runs_and_stays_within_its_perplexity_bound() {
 }
 
 const INT2_TEST_CALIB_TOKENS: usize = 4096;
-/// Measured on these 4 windows (base 15.53): 46.29 with 4096 calibration tokens (2.597
-/// bits/weight; the README's 40-window number uses 32k tokens); bound 10% above.
-const INT2_CALIB_PPL4_BOUND: f64 = 51.0;
+/// Measured on these 4 windows (base 15.53): 45.60 with 4096 calibration tokens and the
+/// default two tuning passes (2.597 bits/weight; the README's 40-window number uses 32k
+/// tokens); 48.62 untuned (one-pass calibration gave 46.29: sequential calibration needs
+/// more text than this to pay); bound 10% above.
+const INT2_CALIB_PPL4_BOUND: f64 = 50.2;

@@ -252,6 +252,11 @@ impl<'a> Calibration<'a> {
         Ok(Self { src, shell, windows, at: (0, 0), layer: None, fp_layer: None, correct, ctx, stats, quantized, tokens: count })
     }
 
+    /// The calibration windows' tokens (BOS first where the model adds one).
+    pub fn windows(self) -> Vec<Vec<u32>> {
+        self.windows.into_iter().map(|w| w.tokens).collect()
+    }
+
     /// Records the weights the matrix `name` was quantized to (dequantized, in the model's
     /// own basis): the pieces of the forward pass still to come use them.
     pub fn set_quantized(&mut self, name: &str, w: Tensor) {

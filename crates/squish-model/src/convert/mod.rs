@@ -1,12 +1,15 @@
 //! `convert`: a model in, a squish directory out. Tensors stream one at a time (load as f32,
 //! quantize with every core, write), so memory stays near the largest tensor; with
 //! calibration text the f32 model first runs over it to weight quantization errors by
-//! activation strength. The directory is written under a temporary sibling marked
-//! incomplete, verified, and only then renamed into place.
+//! activation strength. INT2 with calibration is then tuned (`tune`), which needs the whole
+//! quantized model: its parts wait in memory and are written after. The directory is
+//! written under a temporary sibling marked incomplete, verified, and only then renamed
+//! into place.
 
 mod calibrate;
 pub(crate) mod export;
 mod plan;
+mod tune;
 
 pub use export::SIDE_FILES;
 pub use plan::{choose, Scheme, Storage, TensorChoice};
@@ -37,6 +40,9 @@ pub struct ConvertOptions {
     /// Calibration text; None: data-free (every input channel weighs the same).
     pub calib: Option<PathBuf>,
     pub calib_tokens: usize,
+    /// Passes over the calibration text that tune an int2 conversion's group scales and norms
+    /// after quantization (`tune`); 0: none. Other schemes ignore it.
+    pub tune_epochs: usize,
     /// Replace an existing output directory.
     pub force: bool,
 }
@@ -44,6 +50,8 @@ pub struct ConvertOptions {
 pub enum Progress<'a> {
     /// Tensor `index` of `total` is next (with calibration, its layer runs first).
     Tensor { index: usize, total: usize, name: &'a str },
+    /// Tuning step `step` of `total` done; the KL divergence it started from.
+    Tune { step: usize, total: usize, kl: f32 },
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +63,8 @@ pub struct Summary {
     pub output_bytes: u64,
     pub seconds: f64,
     pub calib_tokens: usize,
+    /// With tuning, the mean KL divergence from the source over each pass's windows.
+    pub tune_kl: Vec<f32>,
     /// Tensors stored otherwise than asked, with the reason.
     pub fallbacks: Vec<(String, String)>,
 }
@@ -76,11 +86,11 @@ pub fn convert(
         return Err(FormatError::invalid(out, format!("--group-size {group}: must be a multiple of 32")).into());
     }
 
-    // INT3 calibrates sequentially (`calibrate::Calibration`): each matrix's statistics come
-    // from the model with the matrices before it quantized, and its weights are corrected
-    // for the error those left in its inputs. The other schemes keep the one-pass
+    // INT3 and INT2 calibrate sequentially (`calibrate::Calibration`): each matrix's
+    // statistics come from the model with the matrices before it quantized, and its weights
+    // are corrected for the error those left in its inputs. INT4 and INT8 keep the one-pass
     // statistics of the unquantized model (not yet measured sequentially).
-    let sequential = opts.scheme == Scheme::Int3;
+    let sequential = matches!(opts.scheme, Scheme::Int3 | Scheme::Int2);
     let mut calib = match &opts.calib {
         Some(file) => {
             let text = std::fs::read_to_string(file).map_err(|e| io(file, e))?;
@@ -132,21 +142,7 @@ pub fn convert(
     let mut shards = Vec::new();
     let mut plans = shard_plans.into_iter().enumerate();
     let mut writer: Option<ShardWriter> = None;
-    let weights = src.weights(&Device::Cpu);
-    for (index, choice) in choices.iter().enumerate() {
-        progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
-        let tap = Tap::of_weight(&choice.spec.name);
-        let stats = match (calib.as_mut(), tap) {
-            (Some(c), Some(tap)) => Some((c.stats_for(tap)?, tap)),
-            _ => None,
-        };
-        let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
-        let (encoded, dequantized) = encode(choice, &data, stats);
-        // Sequential calibration: the later taps see this matrix as it was stored.
-        if let (Some(c), Some(w), true) = (calib.as_mut(), dequantized, sequential) {
-            let (n, k) = (choice.spec.shape[0], choice.spec.shape[1]);
-            c.set_quantized(&choice.spec.name, candle_core::Tensor::from_vec(w, (n, k), &Device::Cpu)?);
-        }
+    let mut write = |choice: &TensorChoice, encoded: Vec<Vec<u8>>| -> Result<(), ModelError> {
         for (part, bytes) in choice.parts().iter().zip(encoded) {
             if writer.as_ref().is_none_or(ShardWriter::is_complete) {
                 if let Some(done) = writer.take() {
@@ -157,7 +153,44 @@ pub fn convert(
             }
             writer.as_mut().expect("just opened").write_tensor(&part.name, &bytes)?;
         }
+        Ok(())
+    };
+    // Tuning needs the whole quantized model: the parts wait in memory until it is done.
+    let tuning = opts.scheme == Scheme::Int2 && calib.is_some() && opts.tune_epochs > 0;
+    let (mut held, mut tunable, mut tune_kl) = (Vec::new(), tune::Tunable::default(), Vec::new());
+    let weights = src.weights(&Device::Cpu);
+    for (index, choice) in choices.iter().enumerate() {
+        progress(Progress::Tensor { index, total: choices.len(), name: &choice.spec.name });
+        let tap = Tap::of_weight(&choice.spec.name);
+        let stats = match (calib.as_mut(), tap) {
+            (Some(c), Some(tap)) => Some((c.stats_for(tap)?, tap)),
+            _ => None,
+        };
+        let data = weights.get(&choice.spec.name, &choice.spec.shape)?.flatten_all()?.to_vec1::<f32>()?;
+        let (encoded, dequantized) = encode(choice, &data, stats, tuning);
+        if tuning {
+            tunable.add(choice, data, dequantized.clone(), ROTATION_SEED);
+        }
+        // Sequential calibration: the later taps see this matrix as it was stored.
+        if let (Some(c), Some(w), true) = (calib.as_mut(), dequantized, sequential) {
+            let (n, k) = (choice.spec.shape[0], choice.spec.shape[1]);
+            c.set_quantized(&choice.spec.name, candle_core::Tensor::from_vec(w, (n, k), &Device::Cpu)?);
+        }
+        match tuning {
+            true => held.push(encoded),
+            false => write(choice, encoded)?,
+        }
     }
+    if tuning {
+        let windows = calib.take().map(|c| c.windows()).unwrap_or_default();
+        let tuned = tune::tune(&src, &windows, tunable, opts.tune_epochs, &mut |step, total, kl| progress(Progress::Tune { step, total, kl }))?;
+        for (choice, mut encoded) in choices.iter().zip(held) {
+            tuned.apply(choice, &mut encoded);
+            write(choice, encoded)?;
+        }
+        tune_kl = tuned.kl;
+    }
+    drop(write);
     if let Some(done) = writer.take() {
         shards.push(done.finish()?);
     }
@@ -219,6 +252,7 @@ pub fn convert(
         output_bytes,
         seconds: start.elapsed().as_secs_f64(),
         calib_tokens: manifest.calibration.as_ref().map_or(0, |c| c.tokens),
+        tune_kl,
         fallbacks: choices.iter().filter_map(|c| Some((c.spec.name.clone(), c.note.clone()?))).collect(),
     })
 }
@@ -230,14 +264,15 @@ const ROTATION_SEED: u64 = 0x5155_4953_4833;
 /// The stored bytes of each part of `choice`, in `parts()` order. With calibration
 /// statistics, int4, int4p8 and int3 use GPTQ and int8 the activation-weighted search. A
 /// rotated choice quantizes W Rᵀ against the rotated inputs' statistics (R H Rᵀ) and ends
-/// with R's sign bits. With calibration statistics, also the quantized matrix dequantized
-/// (in the unrotated basis, n x k), for the calibration pass to run on.
+/// with R's sign bits. With calibration statistics or `dequantize`, also the quantized
+/// matrix dequantized (in the unrotated basis, n x k), for the calibration pass and tuning.
 fn encode(
     choice: &TensorChoice,
     data: &[f32],
     mut calib: Option<(&mut calibrate::ActivationStats, Tap)>,
+    dequantize: bool,
 ) -> (Vec<Vec<u8>>, Option<Vec<f32>>) {
-    let calibrated = calib.is_some();
+    let wanted = calib.is_some() || dequantize;
     let shape = &choice.spec.shape;
     let rotation = choice.rotation.map(|block| {
         let r = Rotation::random(shape[1], ROTATION_SEED);
@@ -276,7 +311,7 @@ fn encode(
     let importance = importance.as_deref();
     let mut dequantized = None;
     let mut keep = |w: Vec<f32>| {
-        if calibrated {
+        if wanted {
             dequantized = Some(w);
         }
     };
@@ -315,6 +350,7 @@ fn encode(
                 Some(f) => int2::quantize_gptq(data, n, k, group, f),
                 None => int2::quantize(data, n, k, group, importance),
             };
+            keep(int2::dequantize(&q.view()));
             let (codes, s8, steps, table) = q.into_stored();
             vec![codes, s8, f16_bytes(&steps), table.to_vec()]
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 const PANEL_ROWS: usize = 256;
 
 #[derive(Clone)]
-pub(super) enum FrozenWeight {
+pub(crate) enum FrozenWeight {
     Dense(Tensor),
     Quantized(Arc<Weight>),
 }

@@ -46,7 +46,7 @@ fn quantized(scheme: Scheme, name: &str, out: usize, inp: usize) -> (Weight, Vec
     let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/qwen2");
     let dir = std::env::temp_dir().join(format!("squish-frozen-{}-{}", scheme.name(), std::process::id()));
     if !dir.join("squish.json").is_file() {
-        let opts = ConvertOptions { scheme, group_size: None, embedding_scheme: Some(scheme), calib: None, calib_tokens: 0, force: true };
+        let opts = ConvertOptions { scheme, group_size: None, embedding_scheme: Some(scheme), calib: None, calib_tokens: 0, tune_epochs: 0, force: true };
         convert(&tiny, &dir, &opts, &mut |_| {}).unwrap();
     }
     let source = Source::open(&dir).unwrap();

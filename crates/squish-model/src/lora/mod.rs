@@ -8,12 +8,13 @@ pub mod adapter;
 pub mod data;
 pub mod merge;
 mod apply;
-mod frozen;
+pub(crate) mod frozen;
 #[cfg(test)]
 mod frozen_tests;
 mod fused;
-mod train_layer;
-mod train_model;
+pub(crate) mod train_layer;
+pub(crate) mod train_model;
+pub(crate) mod tuned;
 pub mod trainer;
 
 pub use adapter::{Adapter, AdapterConfig, LoraPair, Target};

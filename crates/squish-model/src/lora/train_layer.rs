@@ -8,17 +8,20 @@
 use super::adapter::Target;
 use super::frozen::FrozenWeight;
 use super::fused::{causal_attention, frozen_matmul};
-use crate::ModelError;
+use super::tuned::Tuned;
+use crate::{ModelConfig, ModelError};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, TensorId, Var, D};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-pub(super) struct Frozen {
+pub(crate) struct Frozen {
     pub w: FrozenWeight, // (out, in)
     pub b: Option<Tensor>,
+    /// Group scales being tuned (`convert::tune`): the product is then `Tuned`'s, not w's.
+    pub tuned: Option<Tuned>,
 }
 
-pub(super) struct TrainLayer {
+pub(crate) struct TrainLayer {
     pub attn_norm: Tensor,
     pub mlp_norm: Tensor,
     pub q_norm: Option<Tensor>,
@@ -26,6 +29,8 @@ pub(super) struct TrainLayer {
     pub linears: BTreeMap<Target, Frozen>,
     /// This layer's adapters: (A, B) per target.
     pub lora: BTreeMap<Target, (Var, Var)>,
+    /// Other trainable tensors the layer reads (norm weights being tuned).
+    pub extra: Vec<Var>,
     pub scale: f64,
     pub heads: usize,
     pub kv_heads: usize,
@@ -40,12 +45,37 @@ pub(super) struct TrainLayer {
 pub(super) type SideGrads = Arc<Mutex<HashMap<TensorId, Tensor>>>;
 
 impl TrainLayer {
+    /// A layer of a model of `cfg` with its norms ([attention, MLP]; [q, k] where the model
+    /// has them) and matrices, the RoPE tables (cos, sin), no adapters, nothing else trained.
+    pub fn new(cfg: &ModelConfig, norms: [Tensor; 2], qk_norms: [Option<Tensor>; 2], linears: BTreeMap<Target, Frozen>, rope: &(Tensor, Tensor)) -> Self {
+        let ([attn_norm, mlp_norm], [q_norm, k_norm]) = (norms, qk_norms);
+        TrainLayer {
+            attn_norm,
+            mlp_norm,
+            q_norm,
+            k_norm,
+            linears,
+            lora: BTreeMap::new(),
+            extra: Vec::new(),
+            scale: 0.0,
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            eps: cfg.rms_eps,
+            cos: rope.0.clone(),
+            sin: rope.1.clone(),
+        }
+    }
+
     /// x: (batch, seq, in) -> (batch, seq, out): W x + b + scale · B (A x).
     fn linear(&self, t: Target, x: &Tensor) -> Result<Tensor, ModelError> {
         let (bsz, seq, inp) = x.dims3()?;
         let f = &self.linears[&t];
         let x2 = x.reshape((bsz * seq, inp))?;
-        let mut y = frozen_matmul(&x2, &f.w)?;
+        let mut y = match &f.tuned {
+            Some(tuned) => tuned.forward(&x2)?,
+            None => frozen_matmul(&x2, &f.w)?,
+        };
         if let Some(b) = &f.b {
             y = y.broadcast_add(b)?;
         }
@@ -102,6 +132,12 @@ impl TrainLayer {
         Ok((x + self.linear(Target::Down, &mid)?)?)
     }
 
+    /// Every tensor of the layer that training moves: adapters, tuned group factors, `extra`.
+    pub fn trainables(&self) -> impl Iterator<Item = &Var> {
+        let lora = self.lora.values().flat_map(|(a, b)| [a, b]);
+        lora.chain(self.linears.values().filter_map(|f| f.tuned.as_ref().map(|t| &t.m))).chain(&self.extra)
+    }
+
     /// The layer as one checkpointed op on x (which must be tracked for its backward to run).
     pub fn checkpointed(self: &Arc<Self>, x: &Tensor, side: &SideGrads) -> Result<Tensor, ModelError> {
         Ok(x.contiguous()?.apply_op1(Checkpoint { layer: self.clone(), side: side.clone() })?)
@@ -129,15 +165,13 @@ impl CustomOp1 for Checkpoint {
         let y = self.layer.forward(xv.as_tensor()).map_err(candle_core::Error::wrap)?;
         let grads = (y * grad_res.detach())?.sum_all()?.backward()?;
         let mut side = self.side.lock().expect("side gradients");
-        for (a, b) in self.layer.lora.values() {
-            for v in [a, b] {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    let sum = match side.remove(&v.as_tensor().id()) {
-                        Some(prev) => (prev + g)?,
-                        None => g.clone(),
-                    };
-                    side.insert(v.as_tensor().id(), sum);
-                }
+        for v in self.layer.trainables() {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                let sum = match side.remove(&v.as_tensor().id()) {
+                    Some(prev) => (prev + g)?,
+                    None => g.clone(),
+                };
+                side.insert(v.as_tensor().id(), sum);
             }
         }
         Ok(grads.get(xv.as_tensor()).cloned())

@@ -10,7 +10,7 @@ use super::adapter::{Adapter, AdapterConfig, LoraPair, Target};
 use super::frozen::FrozenWeight;
 use super::fused::{frozen_matmul, head_loss};
 use super::train_layer::{Frozen, SideGrads, TrainLayer};
-use crate::{ModelConfig, ModelError, RopeScaling, Source};
+use crate::{ModelConfig, ModelError, RopeScaling, Source, Weights};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +23,11 @@ pub struct TrainModel {
     layers: Vec<Arc<TrainLayer>>,
     config: AdapterConfig,
     side: SideGrads,
+    /// Tuned embeddings (`convert::tune`), which the tied head then reads too.
+    embed_tuned: Option<super::tuned::Tuned>,
+    /// Layers run as checkpointed ops (LoRA training: one layer's activations in memory);
+    /// off, autograd keeps every layer's (tuning a small model: one forward pass less).
+    checkpoint: bool,
 }
 
 /// One training batch: token rows, and which positions are scored against which next token.
@@ -33,6 +38,21 @@ pub struct Batch {
     pub positions: Tensor,
     /// The target token of each of those positions.
     pub targets: Tensor,
+}
+
+/// The rotate-half RoPE tables (cos, sin), (max_pos, head_dim) each in `dtype`; `cfg` takes
+/// llama.cpp's `rope_freqs` factors from `w` when the weights carry them.
+pub(crate) fn rope_tables(cfg: &mut ModelConfig, w: &Weights, max_pos: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor), ModelError> {
+    let hd = cfg.head_dim;
+    if cfg.rope_scaling == RopeScaling::None {
+        if let Some(f) = w.maybe("rope_freqs.weight", &[hd / 2])? {
+            cfg.rope_scaling = RopeScaling::FreqFactors(f.to_vec1()?);
+        }
+    }
+    let inv: Vec<f32> = cfg.rope_inv_freq();
+    let angles: Vec<f32> = (0..max_pos).flat_map(|p| (0..hd).map(move |j| (p, j))).map(|(p, j)| p as f32 * inv[j % (hd / 2)]).collect();
+    let angles = Tensor::from_vec(angles, (max_pos, hd), device)?;
+    Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
 }
 
 impl TrainModel {
@@ -49,22 +69,14 @@ impl TrainModel {
                 )));
             }
             let (weight, b) = linear.into_parts();
-            Ok(Frozen { w: FrozenWeight::new(weight, dtype)?, b: b.map(|b| b.to_dtype(dtype)).transpose()? })
+            Ok(Frozen { w: FrozenWeight::new(weight, dtype)?, b: b.map(|b| b.to_dtype(dtype)).transpose()?, tuned: None })
         };
         let (h, hd) = (cfg.hidden, cfg.head_dim);
         let get = |name: &str, shape: &[usize]| -> Result<Tensor, ModelError> { Ok(w.get(name, shape)?.to_dtype(dtype)?) };
         let maybe = |name: &str, shape: &[usize]| -> Result<Option<Tensor>, ModelError> {
             w.maybe(name, shape)?.map(|t| t.to_dtype(dtype).map_err(ModelError::from)).transpose()
         };
-        if cfg.rope_scaling == RopeScaling::None {
-            if let Some(f) = w.maybe("rope_freqs.weight", &[hd / 2])? {
-                cfg.rope_scaling = RopeScaling::FreqFactors(f.to_vec1()?);
-            }
-        }
-        let inv: Vec<f32> = cfg.rope_inv_freq();
-        let angles: Vec<f32> = (0..max_pos).flat_map(|p| (0..hd).map(move |j| (p, j))).map(|(p, j)| p as f32 * inv[j % (hd / 2)]).collect();
-        let angles = Tensor::from_vec(angles, (max_pos, hd), device)?;
-        let (cos, sin) = (angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?);
+        let rope = rope_tables(&mut cfg, &w, max_pos, dtype, device)?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = format!("model.layers.{i}");
@@ -77,21 +89,11 @@ impl TrainModel {
             for (&(_, t), pair) in adapter.pairs.range((i, Target::Q)..=(i, Target::Down)) {
                 lora.insert(t, (Var::from_tensor(&pair.a.to_dtype(dtype)?)?, Var::from_tensor(&pair.b.to_dtype(dtype)?)?));
             }
-            layers.push(Arc::new(TrainLayer {
-                attn_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                mlp_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                q_norm: maybe(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
-                k_norm: maybe(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
-                linears,
-                lora,
-                scale: adapter.config.scale(),
-                heads: cfg.heads,
-                kv_heads: cfg.kv_heads,
-                head_dim: hd,
-                eps: cfg.rms_eps,
-                cos: cos.clone(),
-                sin: sin.clone(),
-            }));
+            let norms = [get(&format!("{p}.input_layernorm.weight"), &[h])?, get(&format!("{p}.post_attention_layernorm.weight"), &[h])?];
+            let qk_norms = [maybe(&format!("{p}.self_attn.q_norm.weight"), &[hd])?, maybe(&format!("{p}.self_attn.k_norm.weight"), &[hd])?];
+            let mut layer = TrainLayer::new(&cfg, norms, qk_norms, linears, &rope);
+            (layer.lora, layer.scale) = (lora, adapter.config.scale());
+            layers.push(Arc::new(layer));
         }
         let embed = frozen("model.embed_tokens", cfg.vocab, h)?.w;
         let head = match w.has("lm_head.weight") && !cfg.tie_embeddings {
@@ -99,7 +101,49 @@ impl TrainModel {
             false => None,
         };
         let norm = get("model.norm.weight", &[h])?;
-        Ok(Self { cfg, embed, head, norm, layers, config: adapter.config.clone(), side: Default::default() })
+        Ok(Self { cfg, embed, head, norm, layers, config: adapter.config.clone(), side: Default::default(), embed_tuned: None, checkpoint: true })
+    }
+
+    /// A model for tuning a converted one (`convert::tune`): dense f32 embeddings (and head,
+    /// when untied), the final norm (a `Var`'s tensor when it is tuned), layers built by the
+    /// caller. No adapters.
+    /// `embed_tuned`: the embeddings' group factors are tuned too (read by the head when tied).
+    pub(crate) fn for_tuning(
+        cfg: ModelConfig,
+        embed: Tensor,
+        embed_tuned: Option<super::tuned::Tuned>,
+        head: Option<Tensor>,
+        norm: Tensor,
+        layers: Vec<TrainLayer>,
+    ) -> Self {
+        let config = AdapterConfig { rank: 0, alpha: 0.0, targets: Vec::new(), rslora: false, base: String::new() };
+        let layers = layers.into_iter().map(Arc::new).collect();
+        let (embed, head) = (FrozenWeight::Dense(embed), head.map(FrozenWeight::Dense));
+        Self { cfg, embed, head, norm, layers, config, side: Default::default(), embed_tuned, checkpoint: false }
+    }
+
+    /// The tuned embeddings' factors, if they are tuned.
+    pub(crate) fn embed_factors(&self) -> Option<&Var> {
+        self.embed_tuned.as_ref().map(|t| &t.m)
+    }
+
+    pub(crate) fn layers(&self) -> &[Arc<TrainLayer>] {
+        &self.layers
+    }
+
+    /// Backpropagates `loss`: the gradients of every layer's trainable tensors (adapters,
+    /// tuned factors, `extra`) and of `outside` (tensors read outside the layers), by id.
+    pub(crate) fn backward_all(&self, loss: &Tensor, outside: &[&Var]) -> Result<HashMap<candle_core::TensorId, Tensor>, ModelError> {
+        self.side.lock().expect("side gradients").clear();
+        let store = loss.backward()?;
+        let mut grads: HashMap<_, _> = self.side.lock().expect("side gradients").drain().collect();
+        let inside = self.layers.iter().flat_map(|l| l.trainables());
+        for v in inside.chain(outside.iter().copied()) {
+            if let Some(g) = store.get(v.as_tensor()) {
+                grads.insert(v.as_tensor().id(), g.clone());
+            }
+        }
+        Ok(grads)
     }
 
     /// (quantized, all): how many of the base's matrices stay quantized, of how many.
@@ -137,11 +181,23 @@ impl TrainModel {
     /// tokens (batch, seq) -> final hidden states after the last norm, (batch, seq, hidden)
     pub fn hidden(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
         let (bsz, seq) = tokens.dims2()?;
-        let x = self.embed.rows(&tokens.flatten_all()?, self.norm.dtype())?.reshape((bsz, seq, self.cfg.hidden))?;
-        // A variable, so that the first checkpointed layer is part of the graph too.
-        let mut x = Var::from_tensor(&x)?.as_tensor().clone();
+        let ids = tokens.flatten_all()?;
+        let x = match &self.embed_tuned {
+            Some(t) => t.rows(&ids)?,
+            None => self.embed.rows(&ids, self.norm.dtype())?,
+        };
+        let x = x.reshape((bsz, seq, self.cfg.hidden))?;
+        // A variable, so that the first checkpointed layer is part of the graph too (tuned
+        // embeddings are in it already).
+        let mut x = match self.embed_tuned {
+            Some(_) => x,
+            None => Var::from_tensor(&x)?.as_tensor().clone(),
+        };
         for layer in &self.layers {
-            x = layer.checkpointed(&x, &self.side)?;
+            x = match self.checkpoint {
+                true => layer.checkpointed(&x, &self.side)?,
+                false => layer.forward(&x)?,
+            };
         }
         TrainLayer::rms_norm(&x, &self.norm, self.cfg.rms_eps)
     }
@@ -150,7 +206,11 @@ impl TrainModel {
     pub fn logits(&self, tokens: &Tensor) -> Result<Tensor, ModelError> {
         let (bsz, seq) = tokens.dims2()?;
         let h = self.hidden(tokens)?.reshape((bsz * seq, self.cfg.hidden))?;
-        Ok(frozen_matmul(&h, self.head.as_ref().unwrap_or(&self.embed))?.reshape((bsz, seq, self.cfg.vocab))?)
+        let logits = match (&self.head, &self.embed_tuned) {
+            (None, Some(t)) => t.forward(&h)?,
+            (head, _) => frozen_matmul(&h, head.as_ref().unwrap_or(&self.embed))?,
+        };
+        Ok(logits.reshape((bsz, seq, self.cfg.vocab))?)
     }
 
     /// The mean cross-entropy of the batch's targets (the head runs on scored rows only).

@@ -139,6 +139,24 @@ pub fn expand_params(s8: &[u8], steps: &[f16]) -> Result<(Vec<f16>, Vec<f16>), S
     Ok((scales, mins))
 }
 
+/// Multiplies every group's scale by its factor (one per group, row-major as `s8`) and
+/// re-encodes them on their rows' grids: a row keeps its step unless a new scale outgrows it
+/// (then the step becomes that scale / 255), and each scale code becomes the nearest.
+///
+/// Panics unless `factors` has one value per scale code and the codes fit `steps`' rows.
+pub fn rescale(s8: &mut [u8], steps: &mut [f16], factors: &[f32]) {
+    assert_eq!(s8.len(), factors.len(), "int2 rescale: one factor per group");
+    let n = steps.len();
+    assert!(n > 0 && s8.len() % n == 0, "int2 rescale: {} scale codes for {n} rows", s8.len());
+    let ng = s8.len() / n;
+    for ((codes, f), step) in s8.chunks_exact_mut(ng).zip(factors.chunks_exact(ng)).zip(steps.iter_mut()) {
+        let scaled: Vec<f32> = codes.iter().zip(f).map(|(&c, &f)| scale_of(step.to_f32(), c).to_f32() * f.max(0.0)).collect();
+        for (c, q) in codes.iter_mut().zip(crate::params8::regrid(&scaled, step, 255.0)) {
+            *c = q.max(0.0) as u8;
+        }
+    }
+}
+
 /// An INT2 matrix as a model file stores it, with the f16 parameters the kernels read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int2Quantized {

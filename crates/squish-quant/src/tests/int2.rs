@@ -231,3 +231,33 @@ fn int2_matmul_checks_x() {
     let q = int2::quantize(&[0.5; 128], 2, 64, 32, None);
     int2::matmul(&q.view(), &[0.0; 65], 1, &mut [0.0; 2]);
 }
+
+/// Rescaled group scales land on their rows' grids within half a step of scale x factor; a
+/// row keeps its step unless a scale outgrows it, and factors of one change nothing.
+#[test]
+fn int2_rescale_moves_each_group_scale_by_its_factor() {
+    let (n, ng) = (3, 9);
+    let steps: Vec<f16> = (0..n).map(|r| f16::from_f32(0.001 * (r + 1) as f32)).collect();
+    let s8: Vec<u8> = (0..n * ng).map(|i| (17 * i % 200 + 20) as u8).collect();
+    let (mut same, mut same_steps) = (s8.clone(), steps.clone());
+    int2::rescale(&mut same, &mut same_steps, &vec![1.0; n * ng]);
+    assert_eq!((same, same_steps), (s8.clone(), steps.clone()));
+    let factors: Vec<f32> = (0..n * ng).map(|i| if i == ng + 4 { 1.6 } else { 0.9 + 0.02 * (i % 10) as f32 }).collect();
+    let (mut codes, mut new_steps) = (s8.clone(), steps.clone());
+    int2::rescale(&mut codes, &mut new_steps, &factors);
+    for r in 0..n {
+        let (old, new) = (steps[r].to_f32(), new_steps[r].to_f32());
+        let wanted: Vec<f32> = (0..ng).map(|j| (old * s8[r * ng + j] as f32) * factors[r * ng + j]).collect();
+        let top = wanted.iter().cloned().fold(0f32, f32::max);
+        if top <= 255.0 * old {
+            assert_eq!(new, old, "row {r} keeps its step");
+        } else {
+            assert!(new * 255.0 >= top && new < old * 1.6, "row {r}: step {new} for {top}");
+        }
+        for j in 0..ng {
+            let got = new * codes[r * ng + j] as f32;
+            // Half a step, plus the f16 rounding of the scale the kernels read.
+            assert!((got - wanted[j]).abs() <= 0.5 * new + 1e-3 * wanted[j], "row {r} group {j}: {got} vs {}", wanted[j]);
+        }
+    }
+}

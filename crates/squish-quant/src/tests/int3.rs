@@ -240,3 +240,31 @@ fn int3_matmul_checks_x() {
     let q = int3::quantize(&[0.5; 128], 2, 64, 32, None);
     int3::matmul(&q.view(), &[0.0; 65], 1, &mut [0.0; 2]);
 }
+
+/// 8-bit group parameters rescaled by factors: ones change nothing; a factor moves the
+/// group's scale and min by it, within half a step of their (possibly widened) grids.
+#[test]
+fn params8_rescale_moves_scales_and_mins_by_their_factors() {
+    use crate::params8;
+    let (n, ng) = (2, 6);
+    let steps: Vec<f16> = [0.002f32, 0.001, 0.003, 0.002].iter().map(|&v| f16::from_f32(v)).collect();
+    let s8: Vec<u8> = (0..n * ng).map(|i| (31 * i % 200 + 30) as u8).collect();
+    let m8: Vec<i8> = (0..n * ng).map(|i| (23 * i % 200) as i8 - 100).collect();
+    let (mut s, mut m, mut st) = (s8.clone(), m8.clone(), steps.clone());
+    params8::rescale(&mut s, &mut m, &mut st, &vec![1.0; n * ng]);
+    assert_eq!((s, m, st), (s8.clone(), m8.clone(), steps.clone()));
+    let factors: Vec<f32> = (0..n * ng).map(|i| [0.9, 1.1, 1.7][i % 3]).collect();
+    let (mut s, mut m, mut st) = (s8.clone(), m8.clone(), steps.clone());
+    params8::rescale(&mut s, &mut m, &mut st, &factors);
+    for r in 0..n {
+        for j in 0..ng {
+            let i = r * ng + j;
+            for (got, want, step) in [
+                (st[2 * r].to_f32() * s[i] as f32, steps[2 * r].to_f32() * s8[i] as f32 * factors[i], st[2 * r].to_f32()),
+                (st[2 * r + 1].to_f32() * m[i] as f32, steps[2 * r + 1].to_f32() * m8[i] as f32 * factors[i], st[2 * r + 1].to_f32()),
+            ] {
+                assert!((got - want).abs() <= 0.5 * step + 1e-3 * want.abs(), "row {r} group {j}: {got} vs {want}");
+            }
+        }
+    }
+}
