@@ -3,7 +3,7 @@
 //! `Var`s, and ops candle's autograd knows (matmul, softmax, exp, ...) or custom ones with
 //! their own backward (`fused`), so gradients flow through the base into the adapters of
 //! every earlier layer. Same maths as `Decoder` (tests compare their logits), none of its
-//! inference machinery (KV cache, fused attention), which has no backward. Each layer runs checkpointed (`train_layer`); batches are
+//! inference machinery (KV cache, fused attention), which has no backward. For LoRA each layer runs checkpointed (`train_layer`); batches are
 //! right-padded, and causal attention never lets a real token see a pad.
 
 use super::adapter::{Adapter, AdapterConfig, LoraPair, Target};
@@ -105,9 +105,9 @@ impl TrainModel {
     }
 
     /// A model for tuning a converted one (`convert::tune`): dense f32 embeddings (and head,
-    /// when untied), the final norm (a `Var`'s tensor when it is tuned), layers built by the
-    /// caller. No adapters.
-    /// `embed_tuned`: the embeddings' group factors are tuned too (read by the head when tied).
+    /// when untied), or `embed_tuned` whose group factors are tuned (the tied head reads them
+    /// too), the final norm (a `Var`'s tensor when it is tuned), layers built by the caller.
+    /// No adapters; layers not checkpointed.
     pub(crate) fn for_tuning(
         cfg: ModelConfig,
         embed: Tensor,
