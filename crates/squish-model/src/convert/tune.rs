@@ -11,6 +11,7 @@ use crate::lora::frozen::FrozenWeight;
 use crate::lora::train_layer::{Frozen, TrainLayer};
 use crate::lora::tuned::Tuned;
 use crate::lora::train_model::rope_tables;
+use crate::lora::trainer::adam_update;
 use crate::lora::{Target, TrainModel};
 use crate::{ModelError, Source};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -25,9 +26,6 @@ use std::collections::HashMap;
 /// rate at once) and falls linearly to a tenth by the last.
 const LR: f64 = 2e-3;
 const WARMUP: usize = 8;
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-8;
 
 /// The converted model as tuning starts from it.
 #[derive(Default)]
@@ -207,14 +205,10 @@ pub fn tune(src: &Source, windows: &[Vec<u32>], mut model: Tunable, epochs: usiz
             sum += value as f64;
             let grads = student.backward_all(&cross, &outside.iter().collect::<Vec<_>>())?;
             step += 1;
-            let (c1, c2) = (1.0 - BETA1.powi(step as i32), 1.0 - BETA2.powi(step as i32));
             let lr = LR * (step as f64 / WARMUP as f64).min(1.0) * (1.0 - 0.9 * (step - 1) as f64 / total.max(1) as f64);
-            for (v, (m, s)) in vars.iter().zip(moments.iter_mut()) {
+            for (v, moments) in vars.iter().zip(moments.iter_mut()) {
                 let Some(g) = grads.get(&v.as_tensor().id()) else { continue };
-                *m = ((&*m * BETA1)? + (g * (1.0 - BETA1))?)?;
-                *s = ((&*s * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-                let update = ((&*m / c1)? / ((&*s / c2)?.sqrt()? + EPS)?)?;
-                v.set(&(v.as_tensor() - (update * lr)?)?)?;
+                adam_update(v, g, moments, step, lr)?;
             }
             progress(step, total, value);
         }

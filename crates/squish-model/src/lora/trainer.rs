@@ -6,7 +6,7 @@ use super::adapter::SplitMix;
 use super::data::Example;
 use super::train_model::{Batch, TrainModel};
 use crate::ModelError;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +30,16 @@ pub struct TrainState {
     pub losses: Vec<(usize, f32)>,
     /// (epoch, evaluation loss) after each epoch.
     pub eval_losses: Vec<(usize, f32)>,
+}
+
+/// One Adam step of `var` with gradient `g` (the `step`th, from 1): its moments (first,
+/// second) updated in place, the bias-corrected update times `lr` subtracted.
+pub(crate) fn adam_update(var: &Var, g: &Tensor, (m, v): &mut (Tensor, Tensor), step: usize, lr: f64) -> candle_core::Result<()> {
+    let (c1, c2) = (1.0 - BETA1.powi(step as i32), 1.0 - BETA2.powi(step as i32));
+    *m = ((&*m * BETA1)? + (g * (1.0 - BETA1))?)?;
+    *v = ((&*v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+    let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + EPS)?)?;
+    var.set(&(var.as_tensor() - (update * lr)?)?)
 }
 
 pub struct Trainer {
@@ -65,15 +75,10 @@ impl Trainer {
         let loss = self.model.loss(batch)?;
         let grads = self.model.backward(&loss)?;
         self.state.step += 1;
-        let t = self.state.step as i32;
-        let (c1, c2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
         for (name, var) in self.model.vars() {
             let Some(g) = grads.get(&name) else { continue };
-            let (m, v) = self.moments.get_mut(&name).expect("a moment per var");
-            *m = ((&*m * BETA1)? + (g * (1.0 - BETA1))?)?;
-            *v = ((&*v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-            let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + EPS)?)?;
-            var.set(&(var.as_tensor() - (update * self.state.lr)?)?)?;
+            let moments = self.moments.get_mut(&name).expect("a moment per var");
+            adam_update(&var, g, moments, self.state.step, self.state.lr)?;
         }
         let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         self.state.losses.push((self.state.step, value));
