@@ -63,6 +63,43 @@ pub fn open_device(req: DeviceRequest) -> Result<Device> {
     }
 }
 
+/// One line naming `device`: `cpu`, or for a GPU its index, name, memory (free of total) and
+/// compute capability, e.g. `cuda:0 (NVIDIA H200, 139.2 of 139.8 GiB free, compute 9.0)`.
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let ctx = d.cuda_stream().context().clone();
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+            let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+            let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+            format!("cuda:{} ({name}, {:.1} of {:.1} GiB free, compute {major}.{minor})", ctx.ordinal(), gib(free), gib(total))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Bytes free on a GPU device (None on the CPU): what a model's upload and its KV caches must
+/// fit in.
+pub fn free_memory(device: &Device) -> Option<usize> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d.cuda_stream().context().mem_get_info().ok().map(|(free, _)| free),
+        _ => None,
+    }
+}
+
+/// The dtype a decoder computes in on `device`: f32 on the CPU (its kernels take f32 and
+/// quantize activations themselves), bf16 on GPUs (tensor cores, half the bytes).
+pub fn compute_dtype(device: &Device) -> candle_core::DType {
+    match device {
+        Device::Cpu => candle_core::DType::F32,
+        _ => candle_core::DType::BF16,
+    }
+}
+
 /// Sets the number of CPU threads for all tensor work. Must run before the first tensor op:
 /// candle's matmul reads RAYON_NUM_THREADS and its other kernels use rayon's global pool.
 pub fn configure_threads(threads: usize) {

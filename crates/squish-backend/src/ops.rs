@@ -85,7 +85,14 @@ impl Rope {
             true => Some((cos.flatten_all()?.to_vec1()?, sin.flatten_all()?.to_vec1()?)),
             false => None,
         };
+        let dtype = crate::compute_dtype(device);
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         Ok(Self { cos, sin, host, half })
+    }
+
+    /// The cos and sin tables, (max_pos, head_dim / 2) each, in the device's compute dtype.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
     }
 
     /// x: (batch, heads, seq, head_dim), positions start..start+seq
@@ -164,7 +171,8 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Res
         crate::attention_cpu::causal_softmax_in_place(&mut s, q_len, kv_len, start, scale as f32);
         Tensor::from_vec(s, raw.shape(), raw.device())?
     } else {
-        let scores = (raw * scale)?;
+        // Scores and softmax in f32 whatever the compute dtype (bf16 keeps 8 bits of mantissa).
+        let scores = (raw.to_dtype(DType::F32)? * scale)?;
         let scores = if q_len > 1 {
             let mask = causal_mask(q_len, kv_len, start, q.device())?; // (q_len, kv_len)
             scores.reshape((b, kv_heads, group, q_len, kv_len))?.broadcast_add(&mask)?.reshape((
@@ -176,7 +184,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Res
         } else {
             scores
         };
-        candle_nn::ops::softmax_last_dim(&scores)?
+        candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
     };
     let out = probs.matmul(v)?; // (b, kv_heads, group * q_len, d)
     let out = out.reshape((b, heads, q_len, d))?.transpose(1, 2)?; // (b, q_len, heads, d)

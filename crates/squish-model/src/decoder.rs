@@ -9,7 +9,7 @@ use crate::lora::{add_deltas, Adapter, Deltas, Target};
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
-use squish_backend::{attention_from_caches, causal_attention, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
+use squish_backend::{attention_from_caches, causal_attention, decode_attention, CacheSlot, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
 
 /// A point in the forward pass whose activations feed linear layers: calibration observes
 /// them to learn which input channels matter.
@@ -251,8 +251,10 @@ impl Decoder {
         &self.device
     }
 
-    /// A cache for one sequence of at most `capacity` tokens, stored as `dtype` (f32 or f16).
+    /// A cache for one sequence of at most `capacity` tokens, stored as `dtype` (f32 or f16)
+    /// on the CPU; on GPUs always in the compute dtype (bf16), which attention reads as is.
     pub fn new_cache(&self, capacity: usize, dtype: candle_core::DType) -> Result<KvCache, ModelError> {
+        let dtype = if self.device.is_cpu() { dtype } else { squish_backend::compute_dtype(&self.device) };
         Ok(KvCache::new(self.cfg.layers, self.cfg.kv_heads, self.cfg.head_dim, capacity, dtype, &self.device)?)
     }
 
@@ -370,9 +372,9 @@ impl Decoder {
         Ok((x + layer.down.forward(mid)?)?)
     }
 
-    /// hidden: (1, t, hidden) -> logits (1, t, vocab)
+    /// hidden: (1, t, hidden) -> logits (1, t, vocab), f32 on every device
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        self.lm_head.as_ref().unwrap_or(&self.embed).forward(hidden)
+        Ok(self.lm_head.as_ref().unwrap_or(&self.embed).forward(hidden)?.to_dtype(candle_core::DType::F32)?)
     }
 
     /// Logits of the last position only, as a plain vector of vocab entries.
@@ -400,6 +402,9 @@ impl Decoder {
     /// output before o_proj (1, t, heads * head_dim)
     fn attention(&self, a: &Attention, (q_all, k_all, v_all): (Tensor, Tensor, Tensor), steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
         if let Some(out) = self.decode_attention_cpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
+            return Ok(out);
+        }
+        if let Some(out) = self.decode_attention_gpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
             return Ok(out);
         }
         let hd = self.cfg.head_dim;
@@ -479,6 +484,26 @@ impl Decoder {
             Some(out) => Some(Tensor::from_vec(out, (1, row, qw), &self.device)?),
             None => None, // the tensor path then stores the same rows again
         })
+    }
+}
+
+impl Decoder {
+    /// `attention` for decode steps of one token per sequence on a GPU: RoPE, the cache writes
+    /// and every sequence's attention in one kernel launch (`squish_backend::decode_attention`).
+    /// None (nothing written) where it does not apply, e.g. per-head q/k norms (Qwen3).
+    fn decode_attention_gpu(&self, a: &Attention, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
+        if self.device.is_cpu() || a.q_norm.is_some() || a.k_norm.is_some() || steps.iter().any(|s| s.tokens.len() != 1) {
+            return Ok(None);
+        }
+        let slots: Vec<CacheSlot> = steps
+            .iter()
+            .map(|s| {
+                let (keys, values) = s.cache.layer(layer);
+                CacheSlot { keys, values, pos: s.cache.len() }
+            })
+            .collect();
+        let dims = (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim);
+        Ok(decode_attention(qkv[0], qkv[1], qkv[2], &slots, self.rope.tables(), dims)?)
     }
 }
 

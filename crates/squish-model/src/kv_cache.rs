@@ -25,8 +25,8 @@ impl KvCache {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::F16) {
-            candle_core::bail!("a kv cache holds f32 or f16, not {dtype:?}");
+        if !matches!(dtype, DType::F32 | DType::F16) && !(dtype == DType::BF16 && !device.is_cpu()) {
+            candle_core::bail!("a kv cache holds f32 or f16 (bf16 on GPUs), not {dtype:?}");
         }
         let make = || zeros_aligned((1, kv_heads, capacity, head_dim), dtype, device);
         Ok(Self {

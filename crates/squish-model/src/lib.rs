@@ -87,6 +87,19 @@ impl Model {
             Some(c) => c.max(1),
             None => config.max_pos.min(DEFAULT_CTX),
         };
+        if let Some(free) = squish_backend::free_memory(device) {
+            let (weights, cache) = (device_bytes(&files, &config), config.layers * 2 * config.kv_heads * config.head_dim * ctx * 2);
+            if weights + cache > free {
+                let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+                return Err(ModelError::unsupported(
+                    path,
+                    format!(
+                        "needs about {} on {} ({} of weights, {} for one {ctx}-token KV cache) but {} are free; use a smaller --ctx, a smaller scheme (squish convert --to int4) or another device",
+                        gib(weights + cache), squish_backend::describe(device), gib(weights), gib(cache), gib(free)
+                    ),
+                ));
+            }
+        }
         let weights = weights::Weights::new(&files, &config, device);
         let decoder = Decoder::load(&config, &weights, ctx, device)?;
         Ok(Self { decoder, tokenizer, path: path.to_path_buf(), ctx, kv_dtype: DType::F32 })
@@ -120,4 +133,25 @@ impl Model {
     pub fn chat_template(&self) -> Option<ChatTemplate> {
         self.tokenizer.template()
     }
+}
+
+/// About how many bytes a model's weights take on a GPU: INT4 and INT8 matrices as stored,
+/// everything else (dense, or INT3/INT2 expanded) in bf16.
+fn device_bytes(files: &Arc<ModelFiles>, config: &ModelConfig) -> usize {
+    let manifest = match files.as_ref() {
+        ModelFiles::Squish(s) => Some(s.manifest()),
+        _ => None,
+    };
+    let w = weights::Weights::new(files, config, &Device::Cpu);
+    tensor_plan(config, &|n| w.has(n))
+        .iter()
+        .map(|spec| {
+            let elems: usize = spec.shape.iter().product();
+            match manifest.and_then(|m| m.tensors.get(&spec.name)).map(|e| (e.scheme.as_str(), e.rotation.is_some())) {
+                Some(("int4" | "int4p8", false)) => elems * 9 / 16,
+                Some(("int8", false)) => elems * 33 / 32,
+                _ => elems * 2,
+            }
+        })
+        .sum()
 }

@@ -1,10 +1,12 @@
 //! A linear layer whose weight is dense (a candle tensor, any device) or quantized (packed
-//! codes and scales used in place from the model file's mmap by squish-quant's kernels, CPU).
+//! codes and scales used in place from the model file's mmap by squish-quant's kernels, CPU;
+//! INT4 and INT8 uploaded as they are stored for squish-backend's GPU kernels).
 //! The same type serves token embeddings: a lookup dequantizes only the rows it needs.
 
 use crate::ModelError;
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
+use squish_backend::{compute_dtype, QuantMatrix};
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
 use squish_quant::rotate::Rotation;
@@ -36,6 +38,8 @@ pub enum Weight {
     /// `table`: the matrix's codebook (`squish_quant::int2`).
     Int2 { codes: Mapped, params: GroupParams, table: [u8; 32], n: usize, k: usize, group: usize },
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
+    /// An INT4 or INT8 matrix on a GPU; `host` (the mapped original) serves embedding lookups.
+    Gpu { host: Box<Weight>, device: QuantMatrix },
 }
 
 /// A borrowed view of a quantized weight, for squish-quant's kernels.
@@ -55,6 +59,7 @@ impl Weight {
             Weight::Int4 { n, k, .. } | Weight::Int3 { n, k, .. } | Weight::Int2 { n, k, .. } | Weight::Int8 { n, k, .. } => {
                 (*n, *k)
             }
+            Weight::Gpu { device, .. } => device.shape(),
         }
     }
 
@@ -82,6 +87,7 @@ impl Weight {
             Weight::Int8 { codes, scales, n, k, group } => {
                 View::Int8(int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?)
             }
+            Weight::Gpu { host, .. } => return host.view(false),
             Weight::Dense(_) => return Err(quant_err("a dense weight has no quantized view")),
         })
     }
@@ -127,7 +133,7 @@ impl Weight {
         for (&id, row) in ids.iter().zip(out.chunks_exact_mut(k)) {
             self.dequantize_rows(id as usize, row)?;
         }
-        Ok(Tensor::from_vec(out, (ids.len(), k), device)?)
+        Ok(Tensor::from_vec(out, (ids.len(), k), device)?.to_dtype(compute_dtype(device))?)
     }
 }
 
@@ -163,10 +169,37 @@ impl Linear {
         self.weight.shape()
     }
 
+    /// The layer for a GPU: unrotated INT4 and INT8 matrices uploaded packed, every other
+    /// quantized matrix dequantized (and rotated back) to a dense one in the device's
+    /// compute dtype. The GPU has no INT3/INT2 kernels yet.
+    pub fn to_device(self, device: &Device) -> Result<Linear, ModelError> {
+        let Linear { weight, bias, rotation } = self;
+        if device.is_cpu() || matches!(weight, Weight::Dense(_) | Weight::Gpu { .. }) {
+            return Ok(Linear { weight, bias, rotation });
+        }
+        let packed = match (&rotation, weight.view(false)?) {
+            (None, View::Int4(m, _)) => Some(QuantMatrix::int4(m.codes(), m.scales(), m.mins(), m.n(), m.k(), m.g(), device)?),
+            (None, View::Int8(m)) => Some(QuantMatrix::int8(m.codes(), m.scales(), m.n(), m.k(), m.g(), device)?),
+            _ => None,
+        };
+        if let Some(packed) = packed {
+            return Ok(Linear { weight: Weight::Gpu { host: Box::new(weight), device: packed }, bias, rotation: None });
+        }
+        let (n, k) = weight.shape();
+        let mut dense = vec![0f32; n * k];
+        weight.dequantize_rows(0, &mut dense)?;
+        if let Some(r) = &rotation {
+            r.apply_inverse(&mut dense);
+        }
+        let w = Tensor::from_vec(dense, (n, k), device)?.to_dtype(compute_dtype(device))?;
+        Ok(Linear { weight: Weight::Dense(w), bias, rotation: None })
+    }
+
     /// x: (batch, seq, in) -> (batch, seq, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let y = match &self.weight {
             Weight::Dense(w) => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+            Weight::Gpu { device, .. } => device.matmul(x)?,
             _ => {
                 let (n, k) = self.shape();
                 let dims = x.dims().to_vec();

@@ -46,12 +46,6 @@ impl<'a> Weights<'a> {
                         format!("tensor `{name}` has shape {shape:?}, expected {:?} from the config", [out, inp]),
                     ));
                 }
-                if !self.device.is_cpu() {
-                    return Err(ModelError::unsupported(
-                        self.files.path(),
-                        "quantized squish models run on the CPU in this build; use --device cpu",
-                    ));
-                }
                 let part = |suffix: &str, dtype| Mapped::new(self.files, &format!("{name}.{suffix}"), dtype);
                 // 8-bit parameters (int3, int4p8) become the f16 values the kernels read, once.
                 let params = |eight: bool| -> Result<GroupParams, ModelError> {
@@ -86,28 +80,31 @@ impl<'a> Weights<'a> {
                     let signs = part("signs", StDtype::U8)?;
                     let r = Rotation::from_sign_bits(signs.bytes(), inp, block)
                         .map_err(|e| ModelError::unsupported(self.files.path(), format!("tensor `{name}`: {e}")))?;
-                    return Ok(Linear::rotated(weight, bias, r));
+                    return Linear::rotated(weight, bias, r).to_device(self.device);
                 }
                 weight
             }
             _ => Weight::Dense(self.get(&name, &[out, inp])?),
         };
-        Ok(Linear::new(weight, bias))
+        Linear::new(weight, bias).to_device(self.device)
     }
 
-    /// The tensor under its Hugging Face name, as f32, with the expected shape.
+    /// The tensor under its Hugging Face name, with the expected shape, in the device's compute
+    /// dtype (f32 on the CPU, bf16 on GPUs).
     pub fn get(&self, hf_name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let dtype = squish_backend::compute_dtype(self.device);
         let t = match self.files.as_ref() {
-            ModelFiles::HfDir(d) => d.tensor(hf_name, DType::F32, self.device)?,
-            ModelFiles::Squish(s) => s.hf().tensor(hf_name, DType::F32, self.device)?,
+            ModelFiles::HfDir(d) => d.tensor(hf_name, dtype, self.device)?,
+            ModelFiles::Squish(s) => s.hf().tensor(hf_name, dtype, self.device)?,
             ModelFiles::Gguf(g) => {
                 let t = g.tensor(&gguf_name(hf_name), DType::F32, self.device)?;
-                if self.unpermute_needed(hf_name) {
+                let t = if self.unpermute_needed(hf_name) {
                     let heads = if hf_name.contains("q_proj") { self.cfg.heads } else { self.cfg.kv_heads };
                     unpermute_rows(&t, heads)?
                 } else {
                     t
-                }
+                };
+                t.to_dtype(dtype)?
             }
         };
         if t.dims() != shape {

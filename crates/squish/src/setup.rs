@@ -8,7 +8,12 @@ pub fn device(device: &str, threads: Option<usize>) -> Result<(Device, usize)> {
     let request: DeviceRequest = device.parse()?;
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     squish_backend::configure_threads(threads);
-    Ok((squish_backend::open_device(request)?, threads))
+    let device = squish_backend::open_device(request)?;
+    if !device.is_cpu() || request != DeviceRequest::Cpu && !squish_backend::built_with().iter().all(|&b| b == "cpu") {
+        // Which device `auto` took, or which GPU: said once, on stderr.
+        eprintln!("device: {}", squish_backend::describe(&device));
+    }
+    Ok((device, threads))
 }
 
 /// What KV caches store keys and values as (`--kv-cache`).

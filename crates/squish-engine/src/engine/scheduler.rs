@@ -235,7 +235,7 @@ fn embed(model: &Model, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
     let mut cache = model.decoder.new_cache(tokens.len(), model.kv_dtype())?;
     let mut sum = vec![0f32; model.decoder.config().hidden];
     for chunk in tokens.chunks(PREFILL_CHUNK) {
-        let h = model.decoder.forward(chunk, &mut cache)?.squeeze(0)?.sum(0)?.to_vec1::<f32>()?;
+        let h = model.decoder.forward(chunk, &mut cache)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?.sum(0)?.to_vec1::<f32>()?;
         sum.iter_mut().zip(h).for_each(|(s, x)| *s += x);
     }
     let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

@@ -17,10 +17,11 @@ pub struct Deltas {
 impl Deltas {
     pub fn new(adapter: &Adapter, device: &Device) -> Result<Self, ModelError> {
         let scale = adapter.config.scale();
+        let dtype = squish_backend::compute_dtype(device);
         let mut pairs = BTreeMap::new();
         for (&k, p) in &adapter.pairs {
-            let at = p.a.t()?.contiguous()?.to_device(device)?;
-            let bt = (p.b.t()?.contiguous()? * scale)?.to_device(device)?;
+            let at = p.a.t()?.contiguous()?.to_device(device)?.to_dtype(dtype)?;
+            let bt = (p.b.t()?.contiguous()? * scale)?.to_device(device)?.to_dtype(dtype)?;
             pairs.insert(k, (at, bt));
         }
         Ok(Self { pairs })

@@ -57,6 +57,7 @@ fn quantized(scheme: Scheme, name: &str, out: usize, inp: usize) -> (Weight, Vec
         Weight::Int3 { .. } => Scheme::Int3,
         Weight::Int2 { .. } => Scheme::Int2,
         Weight::Dense(_) => panic!("{name} stayed dense under {scheme:?}"),
+        Weight::Gpu { .. } => panic!("{name}: a CPU load made a GPU weight"),
     };
     // INT3 keeps the last layers' down_proj in INT4 (`plan::int3_keeps_int4`).
     assert!(stored == scheme || name.contains("down_proj"), "{name}: {stored:?} under {scheme:?}");

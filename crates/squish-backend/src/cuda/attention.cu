@@ -1,0 +1,130 @@
+// Decode attention for a batch of sequences on NVIDIA GPUs, one launch per layer: each block
+// takes one sequence's kv head, rotates (RoPE, rotate-half) and stores the new key and value at
+// the sequence's position in its cache, rotates the query heads of its group, and attends over
+// positions 0..=pos with an online softmax (f32), warps splitting the positions and merging at
+// the end. Never materialises a score matrix, so a batch's sequences of different lengths cost
+// one launch together (the generic path took a dozen launches per sequence).
+//
+// Caches are (kv_heads, capacity, d) bf16 per sequence, addressed through `Caches`, which travels
+// by value in the kernel's parameters (no copy to the device per step).
+
+#include <cuda_bf16.h>
+#include <math.h>
+
+#define MAX_SEQS 32
+#define MAX_GROUP 8
+#define MAX_D 128
+#define WARPS 8
+
+struct Caches {
+    unsigned long long k[MAX_SEQS];
+    unsigned long long v[MAX_SEQS];
+    int pos[MAX_SEQS];
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// q: (rows, heads*d), knew/vnew: (rows, kv_heads*d), out: (rows, heads*d); row = s0 + blockIdx.x.
+// cos/sin: (max_pos, d/2). scale = 1/sqrt(d).
+extern "C" __global__ void decode_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* knew, const __nv_bfloat16* vnew,
+                                                 const __nv_bfloat16* cos_t, const __nv_bfloat16* sin_t, __nv_bfloat16* out,
+                                                 Caches c, int s0, int heads, int kv_heads, int d, int cap, float scale) {
+    const int s = blockIdx.x, h = blockIdx.y, row = s0 + s;
+    const int group = heads / kv_heads, half = d / 2, pos = c.pos[s];
+    __nv_bfloat16* kc = reinterpret_cast<__nv_bfloat16*>(c.k[s]) + (size_t)h * cap * d;
+    __nv_bfloat16* vc = reinterpret_cast<__nv_bfloat16*>(c.v[s]) + (size_t)h * cap * d;
+    __shared__ float qs[MAX_GROUP][MAX_D];
+    __shared__ float part_m[WARPS][MAX_GROUP], part_l[WARPS][MAX_GROUP];
+    __shared__ float part_acc[WARPS][MAX_GROUP][MAX_D];
+
+    // 1. RoPE on the new key (stored with the value at pos) and on the group's queries.
+    const __nv_bfloat16* cr = cos_t + (size_t)pos * half;
+    const __nv_bfloat16* sr = sin_t + (size_t)pos * half;
+    const __nv_bfloat16* kr = knew + (size_t)row * kv_heads * d + (size_t)h * d;
+    const __nv_bfloat16* vr = vnew + (size_t)row * kv_heads * d + (size_t)h * d;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float co = __bfloat162float(cr[i]), si = __bfloat162float(sr[i]);
+        float a = __bfloat162float(kr[i]), b = __bfloat162float(kr[i + half]);
+        kc[(size_t)pos * d + i] = __float2bfloat16(a * co - b * si);
+        kc[(size_t)pos * d + i + half] = __float2bfloat16(a * si + b * co);
+        vc[(size_t)pos * d + i] = vr[i];
+        vc[(size_t)pos * d + i + half] = vr[i + half];
+        for (int g = 0; g < group; g++) {
+            const __nv_bfloat16* qr = q + (size_t)row * heads * d + (size_t)(h * group + g) * d;
+            float x = __bfloat162float(qr[i]), y = __bfloat162float(qr[i + half]);
+            // Rounded to bf16 as the generic path's rotated queries are.
+            qs[g][i] = __bfloat162float(__float2bfloat16(x * co - y * si)) * scale;
+            qs[g][i + half] = __bfloat162float(__float2bfloat16(x * si + y * co)) * scale;
+        }
+    }
+    __syncthreads();
+
+    // 2. Online softmax over this warp's positions; lane holds elements lane*per .. +per.
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per = d / 32;
+    float m[MAX_GROUP], l[MAX_GROUP], acc[MAX_GROUP][MAX_D / 32];
+#pragma unroll
+    for (int g = 0; g < MAX_GROUP; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+#pragma unroll
+        for (int e = 0; e < MAX_D / 32; e++) acc[g][e] = 0.f;
+    }
+    for (int j = warp; j <= pos; j += WARPS) {
+        float kv[MAX_D / 32], vv[MAX_D / 32];
+#pragma unroll
+        for (int e = 0; e < MAX_D / 32; e++) {
+            if (e < per) {
+                kv[e] = __bfloat162float(kc[(size_t)j * d + lane * per + e]);
+                vv[e] = __bfloat162float(vc[(size_t)j * d + lane * per + e]);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < MAX_GROUP; g++) {
+            if (g < group) {
+                float dot = 0.f;
+#pragma unroll
+                for (int e = 0; e < MAX_D / 32; e++)
+                    if (e < per) dot += qs[g][lane * per + e] * kv[e];
+                dot = warp_sum(dot);
+                float mn = fmaxf(m[g], dot);
+                float corr = __expf(m[g] - mn), p = __expf(dot - mn);
+                l[g] = l[g] * corr + p;
+#pragma unroll
+                for (int e = 0; e < MAX_D / 32; e++)
+                    if (e < per) acc[g][e] = acc[g][e] * corr + p * vv[e];
+                m[g] = mn;
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < MAX_GROUP; g++) {
+        if (g < group) {
+            if (lane == 0) {
+                part_m[warp][g] = m[g];
+                part_l[warp][g] = l[g];
+            }
+#pragma unroll
+            for (int e = 0; e < MAX_D / 32; e++)
+                if (e < per) part_acc[warp][g][lane * per + e] = acc[g][e];
+        }
+    }
+    __syncthreads();
+
+    // 3. Merge the warps' partial softmaxes.
+    for (int idx = threadIdx.x; idx < group * d; idx += blockDim.x) {
+        int g = idx / d, e = idx % d;
+        float mx = -INFINITY;
+        for (int w = 0; w < WARPS; w++) mx = fmaxf(mx, part_m[w][g]);
+        float num = 0.f, den = 0.f;
+        for (int w = 0; w < WARPS; w++) {
+            if (part_m[w][g] == -INFINITY) continue;  // a warp that saw no position
+            float f = __expf(part_m[w][g] - mx);
+            num += part_acc[w][g][e] * f;
+            den += part_l[w][g] * f;
+        }
+        out[(size_t)row * heads * d + (size_t)(h * group + g) * d + e] = __float2bfloat16(num / den);
+    }
+}

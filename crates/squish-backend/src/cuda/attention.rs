@@ -1,0 +1,142 @@
+//! Batched decode attention on a CUDA GPU (src/cuda/attention.cu): RoPE, the KV cache write and
+//! attention for every sequence of a decode step in one launch per layer (per 32 sequences).
+
+use crate::Result;
+use candle_core::Tensor;
+
+/// One sequence of a decode step: its layer's key and value caches, (1, kv_heads, capacity, d)
+/// bf16 on the GPU, and the position of its one new token (= the tokens already cached).
+pub struct CacheSlot<'a> {
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+    pub pos: usize,
+}
+
+/// q (1, S, heads*d), k and v (1, S, kv_heads*d): one new token per sequence, before RoPE;
+/// cos/sin (max_pos, d/2) the RoPE tables. Rotates and stores each sequence's key and value
+/// at its position, then attends. -> (1, S, heads*d). None (nothing written) where the kernel
+/// does not apply: not a CUDA build or device, not bf16, a head size over 128 or not a
+/// multiple of 32, more than 8 query heads per kv head.
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    slots: &[CacheSlot<'_>],
+    (cos, sin): (&Tensor, &Tensor),
+    (heads, kv_heads, d): (usize, usize, usize),
+) -> Result<Option<Tensor>> {
+    let fits = q.device().is_cuda()
+        && q.dtype() == candle_core::DType::BF16
+        && d % 32 == 0
+        && d <= 128
+        && kv_heads > 0
+        && heads % kv_heads == 0
+        && heads / kv_heads <= 8
+        && slots.iter().all(|s| s.keys.dtype() == candle_core::DType::BF16 && s.keys.is_contiguous() && s.values.is_contiguous());
+    if !fits || slots.is_empty() {
+        return Ok(None);
+    }
+    imp::launch(q, k, v, slots, (cos, sin), (heads, kv_heads, d))
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use super::CacheSlot;
+    use candle_core::Tensor;
+
+    pub(super) fn launch(_: &Tensor, _: &Tensor, _: &Tensor, _: &[CacheSlot<'_>], _: (&Tensor, &Tensor), _: (usize, usize, usize)) -> crate::Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use super::CacheSlot;
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Storage, Tensor};
+    use half::bf16;
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+    /// attention.cu's MAX_SEQS and WARPS.
+    const MAX_SEQS: usize = 32;
+    const WARPS: u32 = 8;
+
+    /// attention.cu's `Caches`, passed by value.
+    #[repr(C)]
+    struct Caches {
+        k: [u64; MAX_SEQS],
+        v: [u64; MAX_SEQS],
+        pos: [i32; MAX_SEQS],
+    }
+    // SAFETY: plain data laid out as the kernel's struct.
+    unsafe impl DeviceRepr for Caches {}
+
+    fn cuda_slice<'a>(st: &'a Storage) -> candle_core::Result<&'a CudaStorage> {
+        match st {
+            Storage::Cuda(c) => Ok(c),
+            _ => candle_core::bail!("decode attention: a tensor is not on the GPU"),
+        }
+    }
+
+    pub(super) fn launch(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        slots: &[CacheSlot<'_>],
+        (cos, sin): (&Tensor, &Tensor),
+        (heads, kv_heads, d): (usize, usize, usize),
+    ) -> crate::Result<Option<Tensor>> {
+        let rows = slots.len();
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        if q.elem_count() != rows * heads * d || k.elem_count() != rows * kv_heads * d || v.elem_count() != rows * kv_heads * d {
+            return Ok(None);
+        }
+        let cap = slots[0].keys.dim(2)?;
+        if slots.iter().any(|s| s.keys.dim(2).ok() != Some(cap) || s.values.dim(2).ok() != Some(cap) || s.pos >= cap) {
+            return Ok(None);
+        }
+        let out = Tensor::zeros((1, rows, heads * d), candle_core::DType::BF16, q.device())?;
+        {
+            let guards: Vec<_> = [&q, &k, &v, cos, sin, &out].iter().map(|t| t.storage_and_layout()).collect();
+            let caches: Vec<_> = slots.iter().map(|s| (s.keys.storage_and_layout(), s.values.storage_and_layout())).collect();
+            let view = |i: usize| -> candle_core::Result<_> {
+                let (st, layout) = &guards[i];
+                let all = cuda_slice(st)?.as_cuda_slice::<bf16>()?;
+                Ok(all.slice(layout.start_offset()..))
+            };
+            let dev = match &*guards[0].0 {
+                Storage::Cuda(c) => c.device.clone(),
+                _ => return Ok(None),
+            };
+            let stream = dev.cuda_stream();
+            let (qs, ks, vs, cs, ss, os) = (view(0)?, view(1)?, view(2)?, view(3)?, view(4)?, view(5)?);
+            let f = dev.get_or_load_custom_func("decode_attention_bf16", "squish_attention", PTX)?;
+            let scale = 1.0f32 / (d as f32).sqrt();
+            let (heads_i, kv_i, d_i, cap_i) = (heads as i32, kv_heads as i32, d as i32, cap as i32);
+            for (chunk_no, chunk) in caches.chunks(MAX_SEQS).enumerate() {
+                let mut table = Caches { k: [0; MAX_SEQS], v: [0; MAX_SEQS], pos: [0; MAX_SEQS] };
+                let mut syncs = Vec::with_capacity(2 * chunk.len());
+                for (i, ((kst, kl), (vst, vl))) in chunk.iter().enumerate() {
+                    let (kp, ksync) = cuda_slice(kst)?.as_cuda_slice::<bf16>()?.device_ptr(&stream);
+                    let (vp, vsync) = cuda_slice(vst)?.as_cuda_slice::<bf16>()?.device_ptr(&stream);
+                    table.k[i] = kp + 2 * kl.start_offset() as u64;
+                    table.v[i] = vp + 2 * vl.start_offset() as u64;
+                    table.pos[i] = slots[chunk_no * MAX_SEQS + i].pos as i32;
+                    syncs.push(ksync);
+                    syncs.push(vsync);
+                }
+                let s0 = (chunk_no * MAX_SEQS) as i32;
+                let cfg = LaunchConfig { grid_dim: (chunk.len() as u32, kv_heads as u32, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+                let mut b = f.builder();
+                b.arg(&qs).arg(&ks).arg(&vs).arg(&cs).arg(&ss).arg(&os);
+                b.arg(&table).arg(&s0).arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&cap_i).arg(&scale);
+                // SAFETY: the pointers in `table` address caches of `cap` positions of kv_heads x d
+                // bf16 values, each pos < cap; the other buffers have the sizes checked above.
+                unsafe { b.launch(cfg) }.w()?;
+                drop(syncs);
+            }
+        }
+        Ok(Some(out))
+    }
+}

@@ -1,0 +1,164 @@
+// squish's quantized matrices on NVIDIA GPUs, read in their packed file layout
+// (docs/FORMAT.md; squish_quant::int4 and ::int8 own the CPU side of the same bytes).
+//
+// INT4: row r's codes are bytes [r*K/2, (r+1)*K/2); each 64-input block is 32 bytes, byte j
+// holding input j in its low nibble and input 32+j in its high one. `params` interleaves each
+// group's f16 scale and min: w = scale * q + min.
+// INT8: row-major i8 codes, one f16 scale per group: w = scale * q.
+//
+// Decode (a few rows of x) runs the GEMV kernels: one warp per output row, each lane reading 8
+// code bytes at a time, so a warp's loads are contiguous and every weight byte is read once per
+// launch for up to ROWS rows of x. Larger batches dequantize to bf16 and use cuBLAS.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define ROWS 8
+#define WARPS 4
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// 8 consecutive bf16 values of x as floats.
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+// y[t0 + i][row] for i < rows (rows <= ROWS); x: (T, K) bf16, y: (T, N) bf16.
+extern "C" __global__ void int4_gemv_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x,
+                                          __nv_bfloat16* y, int n, int k, int g, int t0, int rows) {
+    int row = blockIdx.x * WARPS + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const uint8_t* rc = codes + (size_t)row * (k / 2);
+    const __half2* rp = params + (size_t)row * (k / g);
+    float acc[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) acc[i] = 0.f;
+    // Each lane takes 8 bytes inside one 32-byte block: 8 low-nibble inputs and 8 high ones.
+    for (int off = lane * 8; off < k / 2; off += 256) {
+        uint2 raw = *reinterpret_cast<const uint2*>(rc + off);
+        int block = off / 32, j = off % 32;
+        int lo = block * 64 + j, hi = lo + 32;
+        float2 pl = __half22float2(rp[lo / g]);
+        float2 ph = __half22float2(rp[hi / g]);
+        float ql[8], qh[8];
+        const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            ql[i] = (float)(b[i] & 15);
+            qh[i] = (float)(b[i] >> 4);
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            if (r < rows) {
+                const __nv_bfloat16* xr = x + (size_t)(t0 + r) * k;
+                float xl[8], xh[8];
+                load8(xr + lo, xl);
+                load8(xr + hi, xh);
+                float dl = 0.f, sl = 0.f, dh = 0.f, sh = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    dl += xl[i] * ql[i];
+                    sl += xl[i];
+                    dh += xh[i] * qh[i];
+                    sh += xh[i];
+                }
+                acc[r] += pl.x * dl + pl.y * sl + ph.x * dh + ph.y * sh;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        if (r < rows) {
+            float s = warp_sum(acc[r]);
+            if (lane == 0) y[(size_t)(t0 + r) * n + row] = __float2bfloat16(s);
+        }
+    }
+}
+
+extern "C" __global__ void int8_gemv_bf16(const int8_t* codes, const __half* scales, const __nv_bfloat16* x,
+                                          __nv_bfloat16* y, int n, int k, int g, int t0, int rows) {
+    int row = blockIdx.x * WARPS + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const int8_t* rc = codes + (size_t)row * k;
+    const __half* rs = scales + (size_t)row * (k / g);
+    float acc[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) acc[i] = 0.f;
+    for (int off = lane * 8; off < k; off += 256) {
+        uint2 raw = *reinterpret_cast<const uint2*>(rc + off);
+        const int8_t* b = reinterpret_cast<const int8_t*>(&raw);
+        float s = __half2float(rs[off / g]);
+        float q[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) q[i] = (float)b[i];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            if (r < rows) {
+                float xv[8];
+                load8(x + (size_t)(t0 + r) * k + off, xv);
+                float d = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) d += xv[i] * q[i];
+                acc[r] += s * d;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        if (r < rows) {
+            float s = warp_sum(acc[r]);
+            if (lane == 0) y[(size_t)(t0 + r) * n + row] = __float2bfloat16(s);
+        }
+    }
+}
+
+// The whole matrix as bf16 (N, K). Block x is a row, block y a 2048-input stretch of it: each
+// thread turns 8 code bytes (or 8 INT8 codes) into 16-byte stores, so writes are coalesced and
+// no thread divides by anything but the group size.
+extern "C" __global__ void int4_dequant_bf16(const uint8_t* codes, const __half2* params, __nv_bfloat16* w,
+                                             int n, int k, int g) {
+    size_t row = blockIdx.x;
+    int off = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (row >= (size_t)n || off >= k / 2) return;
+    uint2 raw = *reinterpret_cast<const uint2*>(codes + row * (k / 2) + off);
+    int lo = (off / 32) * 64 + off % 32, hi = lo + 32;
+    float2 pl = __half22float2(params[row * (k / g) + lo / g]);
+    float2 ph = __half22float2(params[row * (k / g) + hi / g]);
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+    __align__(16) __nv_bfloat16 vl[8];
+    __align__(16) __nv_bfloat16 vh[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        vl[i] = __float2bfloat16(pl.x * (float)(b[i] & 15) + pl.y);
+        vh[i] = __float2bfloat16(ph.x * (float)(b[i] >> 4) + ph.y);
+    }
+    *reinterpret_cast<uint4*>(w + row * k + lo) = *reinterpret_cast<const uint4*>(vl);
+    *reinterpret_cast<uint4*>(w + row * k + hi) = *reinterpret_cast<const uint4*>(vh);
+}
+
+extern "C" __global__ void int8_dequant_bf16(const int8_t* codes, const __half* scales, __nv_bfloat16* w,
+                                             int n, int k, int g) {
+    size_t row = blockIdx.x;
+    int col = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    if (row >= (size_t)n || col >= k) return;
+    uint2 raw = *reinterpret_cast<const uint2*>(codes + row * k + col);
+    const int8_t* b = reinterpret_cast<const int8_t*>(&raw);
+    float s = __half2float(scales[row * (k / g) + col / g]);
+    __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) v[i] = __float2bfloat16(s * (float)b[i]);
+    *reinterpret_cast<uint4*>(w + row * k + col) = *reinterpret_cast<const uint4*>(v);
+}

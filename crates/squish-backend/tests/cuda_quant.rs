@@ -1,0 +1,65 @@
+//! The GPU kernels for squish's INT4 and INT8 matrices against squish-quant's scalar references
+//! on the same packed bytes: GEMV batches (1 to 32 rows, in launches of 8) and the
+//! dequantize-then-cuBLAS path (more rows), groups of 32 and 64, widths that are not multiples
+//! of a warp's 256-byte stride. Skipped (passing, with a note) without a CUDA build and device.
+//!
+//! Tolerance: inputs and outputs are bf16 on the GPU, so each output may differ from the f32
+//! reference (fed the same bf16-rounded inputs) by 1% of its row's largest |value|.
+
+use candle_core::{DType, Device, Tensor};
+use squish_backend::{open_device, DeviceRequest, QuantMatrix};
+use squish_quant::{int4, int8};
+
+fn gpu() -> Option<Device> {
+    open_device(DeviceRequest::Cuda(0)).map_err(|e| eprintln!("skipped: no CUDA device ({e})")).ok()
+}
+
+fn noise(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) - 0.5
+        })
+        .collect()
+}
+
+fn bf16_round(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
+}
+
+fn compare(label: &str, got: &[f32], want: &[f32], n: usize) {
+    for (r, (g, w)) in got.chunks(n).zip(want.chunks(n)).enumerate() {
+        let scale = w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d <= 0.01 * scale, "{label}: row {r}: max |diff| {d} vs largest |value| {scale}");
+    }
+}
+
+#[test]
+fn int4_and_int8_kernels_match_the_references() {
+    let Some(dev) = gpu() else { return };
+    for (n, k, g) in [(200, 576, 64), (96, 1536, 32), (37, 64, 64)] {
+        let w = noise(n * k, (n + k) as u32);
+        let q4 = int4::quantize(&w, n, k, g, None);
+        let q8 = int8::quantize(&w, n, k, g, None);
+        let (v4, v8) = (q4.view(), q8.view());
+        let m4 = QuantMatrix::int4(v4.codes(), v4.scales(), v4.mins(), n, k, g, &dev).unwrap();
+        let m8 = QuantMatrix::int8(v8.codes(), v8.scales(), n, k, g, &dev).unwrap();
+        for t in [1, 3, 8, 9, 32, 40] {
+            let x = bf16_round(&noise(t * k, t as u32 + 7));
+            let xt = Tensor::from_vec(x.clone(), (1, t, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
+            let label = format!("{n}x{k} g{g}, {t} rows");
+            let mut want = vec![0f32; t * n];
+            int4::matmul_ref(&v4, &x, t, &mut want);
+            let got = m4.matmul(&xt).unwrap();
+            assert_eq!(got.dims(), &[1, t, n], "{label}");
+            compare(&format!("int4 {label}"), &got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap(), &want, n);
+            int8::matmul_ref(&v8, &x, t, &mut want);
+            let got = m8.matmul(&xt).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            compare(&format!("int8 {label}"), &got, &want, n);
+        }
+    }
+}
