@@ -81,6 +81,28 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
+/// Every device this binary can run on, one line each (`squish info --devices`): the CPU
+/// with its core count, then each CUDA GPU as `describe` names it, or why none is usable.
+pub fn devices() -> Vec<String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[allow(unused_mut)] // pushed to in CUDA builds
+    let mut lines = vec![format!("cpu ({cores} cores)")];
+    #[cfg(feature = "cuda")]
+    match candle_core::cuda_backend::cudarc::driver::CudaContext::device_count() {
+        Ok(0) => lines.push("cuda: no GPU found".into()),
+        Ok(n) => {
+            for i in 0..n as usize {
+                lines.push(match Device::new_cuda(i) {
+                    Ok(d) => describe(&d),
+                    Err(e) => format!("cuda:{i}: cannot open ({e})"),
+                });
+            }
+        }
+        Err(e) => lines.push(format!("cuda: no usable driver ({e})")),
+    }
+    lines
+}
+
 /// Bytes free on a GPU device (None on the CPU): what a model's upload and its KV caches must
 /// fit in.
 pub fn free_memory(device: &Device) -> Option<usize> {

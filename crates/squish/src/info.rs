@@ -10,7 +10,12 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct InfoArgs {
     /// A squish model: a directory made by `squish convert`, or a pulled name (qwen2.5:7b[@int8])
-    pub model: PathBuf,
+    #[arg(required_unless_present = "devices")]
+    pub model: Option<PathBuf>,
+    /// Show what this binary was built with and the devices it can run on (GPUs with their
+    /// memory and compute capability) instead of a model
+    #[arg(long)]
+    pub devices: bool,
     /// Print the whole manifest as JSON
     #[arg(long)]
     pub json: bool,
@@ -19,20 +24,27 @@ pub struct InfoArgs {
     pub verify: bool,
 }
 
-pub fn run(mut args: InfoArgs) -> Result<()> {
-    let arg = crate::model_arg::resolve_arg(Some(args.model.clone()))?;
-    args.model = arg.path;
-    let manifest = read_manifest(&args.model)?;
-    let verified = if args.verify { Some(SquishDir::open(&args.model)?.verify()?) } else { None };
+pub fn run(args: InfoArgs) -> Result<()> {
+    if args.devices {
+        println!("squish {} built with: {}", env!("CARGO_PKG_VERSION"), squish_backend::built_with().join(", "));
+        for line in squish_backend::devices() {
+            println!("  {line}");
+        }
+        return Ok(());
+    }
+    let arg = crate::model_arg::resolve_arg(args.model.clone())?;
+    let model = arg.path.clone();
+    let manifest = read_manifest(&model)?;
+    let verified = if args.verify { Some(SquishDir::open(&model)?.verify()?) } else { None };
     if let Some(bad) = verified.iter().flatten().find(|(_, ok)| !ok) {
-        bail!("{}: checksum mismatch: the file is corrupt or was modified", args.model.join(&bad.0).display());
+        bail!("{}: checksum mismatch: the file is corrupt or was modified", model.join(&bad.0).display());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
         return Ok(());
     }
     let m = &manifest;
-    println!("{}", args.model.display());
+    println!("{}", model.display());
     if let Some((_, stored)) = &arg.stored {
         print_pull_record(stored);
     }

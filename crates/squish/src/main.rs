@@ -30,7 +30,7 @@ enum Command {
     Run(run::RunArgs),
     /// Compress a model (Hugging Face dir or GGUF) into a squish directory: int4, int8, f16, bf16
     Convert(convert::ConvertArgs),
-    /// Show a model's manifest: source, schemes, bits/weight, checksums, quality (and where a pulled one came from)
+    /// Show a model's manifest: source, schemes, bits/weight, checksums, quality (and where a pulled one came from); --devices: the build and its devices
     #[command(visible_alias = "show")]
     Info(info::InfoArgs),
     /// Measure perplexity on a text file

@@ -117,6 +117,17 @@ fn cuda_without_cuda_build() {
     assert_clean_failure(&o, "built without cuda support");
 }
 
+/// `info --devices` names the build's backends and the CPU (CI's build: the CPU alone).
+#[test]
+fn info_lists_the_build_and_its_devices() {
+    let o = squish().args(["info", "--devices"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.starts_with("squish ") && out.contains("built with: cpu"), "{out}");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(out.contains(&format!("  cpu ({cores} cores)")), "{out}");
+}
+
 #[test]
 fn bad_device_name() {
     let o = squish().args(["run", "--device", "tpu", "--prompt", "hi"]).arg(smollm2()).output().unwrap();
