@@ -8,7 +8,8 @@
 #
 # Pinned to CUDA 13.0 on purpose: PTX from a newer nvcc does not load on a 13.0 driver. The
 # binary links libcuda dynamically (the host driver's, at run time); no wheel ships a libcuda
-# link stub, so one is generated from the driver symbols cudarc declares. On the GPU machine
+# link stub, so one is generated from the driver symbols cudarc declares (it answers "no
+# device", so the binary also starts here and runs on the CPU). On the GPU machine
 # run with LD_LIBRARY_PATH pointing at the CUDA 13 libraries (cuBLAS, cuRAND, NVRTC).
 set -euo pipefail
 PREFIX="${SQUISH_CUDA_PREFIX:-$HOME/.cache/squish/cuda}"
@@ -43,7 +44,8 @@ done
 # nvcc expects its nvvm tree beside bin/ (the nvvm wheel installs it under the same cu13 dir).
 [ -d "$CU/nvvm" ] || { echo "nvvm missing under $CU" >&2; exit 1; }
 
-# libcuda link stub: every cu* function cudarc's driver bindings declare, as empty symbols.
+# libcuda link stub: every cu* function cudarc's driver bindings declare, each answering
+# CUDA_ERROR_NO_DEVICE (100), so a binary started here with the stub reports no GPU.
 STUBS="$PREFIX/stubs"
 if [ ! -e "$STUBS/libcuda.so" ]; then
   mkdir -p "$STUBS"
@@ -51,8 +53,8 @@ if [ ! -e "$STUBS/libcuda.so" ]; then
   (cd "$(dirname "$0")/.." && cargo fetch -q)
   src="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$ver" | head -1)"
   grep -rhoE '^ *fn cu[A-Za-z0-9_]+' "$src/src/driver/sys" | sed 's/^ *fn //' | sort -u |
-    sed 's/.*/void &(void) {}/' > "$STUBS/cuda_stub.c"
+    sed 's/.*/int &(void) { return 100; }/' > "$STUBS/cuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUBS/libcuda.so" "$STUBS/cuda_stub.c"
-  ln -sf libcuda.so "$STUBS/libcuda.so.1"  # lets the binary start here too (with --device cpu)
+  ln -sf libcuda.so "$STUBS/libcuda.so.1"  # lets the binary start here too (it then runs on the CPU)
 fi
 echo "CUDA toolkit ready: source scripts/cuda-toolkit.sh env"
