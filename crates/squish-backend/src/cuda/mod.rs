@@ -7,4 +7,4 @@ mod attention;
 mod quant;
 
 pub use attention::{decode_attention, CacheSlot};
-pub use quant::{Kind, QuantMatrix};
+pub use quant::QuantMatrix;

@@ -19,7 +19,7 @@ pub struct QuantMatrix {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+enum Kind {
     Int4,
     Int8,
 }
@@ -71,11 +71,6 @@ impl QuantMatrix {
         (self.n, self.k)
     }
 
-    /// Bytes held on the device.
-    pub fn device_bytes(&self) -> usize {
-        self.codes.elem_count() + 2 * self.params.elem_count()
-    }
-
     /// x (..., K) -> (..., N), in bf16.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -92,11 +87,6 @@ impl QuantMatrix {
         let mut out = dims;
         *out.last_mut().expect("x has dims") = self.n;
         Ok(y.reshape(out)?)
-    }
-
-    /// The whole matrix dequantized, (N, K) bf16 (tests and prefill).
-    pub fn dequantize(&self) -> Result<Tensor> {
-        Ok(self.codes.apply_op2_no_bwd(&self.params, &Op::Dequantize(self.spec()))?)
     }
 
     fn spec(&self) -> Spec {
