@@ -198,25 +198,18 @@ mod launch {
         let y = unsafe { dev.alloc::<bf16>(t * spec.n)? };
         let cfg = LaunchConfig { grid_dim: ((spec.n as u32).div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
         let (n, k, g) = (spec.n as i32, spec.k as i32, spec.group as i32);
+        let name = match spec.kind {
+            Kind::Int4 => "int4_gemv_bf16",
+            Kind::Int8 => "int8_gemv_bf16",
+        };
+        let f = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        let (c, p) = (codes.as_cuda_slice::<u8>()?, params.as_cuda_slice::<f16>()?);
         for t0 in (0..t).step_by(ROWS) {
-            let rows = ROWS.min(t - t0) as i32;
-            let t0 = t0 as i32;
-            match spec.kind {
-                Kind::Int4 => {
-                    let f = dev.get_or_load_custom_func("int4_gemv_bf16", MODULE, PTX)?;
-                    let (c, p) = (codes.as_cuda_slice::<u8>()?, params.as_cuda_slice::<f16>()?);
-                    let mut b = f.builder();
-                    b.arg(c).arg(p).arg(&xs).arg(&y).arg(&n).arg(&k).arg(&g).arg(&t0).arg(&rows);
-                    unsafe { b.launch(cfg) }.w()?;
-                }
-                Kind::Int8 => {
-                    let f = dev.get_or_load_custom_func("int8_gemv_bf16", MODULE, PTX)?;
-                    let (c, p) = (codes.as_cuda_slice::<u8>()?, params.as_cuda_slice::<f16>()?);
-                    let mut b = f.builder();
-                    b.arg(c).arg(p).arg(&xs).arg(&y).arg(&n).arg(&k).arg(&g).arg(&t0).arg(&rows);
-                    unsafe { b.launch(cfg) }.w()?;
-                }
-            }
+            let (rows, t0) = (ROWS.min(t - t0) as i32, t0 as i32);
+            let mut b = f.builder();
+            b.arg(c).arg(p).arg(&xs).arg(&y).arg(&n).arg(&k).arg(&g).arg(&t0).arg(&rows);
+            // SAFETY: codes, params, x and y have the sizes of an n x k matrix and t rows.
+            unsafe { b.launch(cfg) }.w()?;
         }
         Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, spec.n))))
     }
