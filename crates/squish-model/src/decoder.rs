@@ -485,9 +485,7 @@ impl Decoder {
             None => None, // the tensor path then stores the same rows again
         })
     }
-}
 
-impl Decoder {
     /// `attention` for decode steps of one token per sequence on a GPU: RoPE, the cache writes
     /// and every sequence's attention in one kernel launch (`squish_backend::decode_attention`).
     /// None (nothing written) where it does not apply, e.g. per-head q/k norms (Qwen3).

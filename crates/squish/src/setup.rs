@@ -9,8 +9,8 @@ pub fn device(device: &str, threads: Option<usize>) -> Result<(Device, usize)> {
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     squish_backend::configure_threads(threads);
     let device = squish_backend::open_device(request)?;
-    if !device.is_cpu() || request != DeviceRequest::Cpu && !squish_backend::built_with().iter().all(|&b| b == "cpu") {
-        // Which device `auto` took, or which GPU: said once, on stderr.
+    // Which GPU, or what `auto` took in a build that has one: said once, on stderr.
+    if !device.is_cpu() || request == DeviceRequest::Auto && squish_backend::built_with().len() > 1 {
         eprintln!("device: {}", squish_backend::describe(&device));
     }
     Ok((device, threads))
