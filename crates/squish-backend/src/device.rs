@@ -128,6 +128,14 @@ pub fn configure_threads(threads: usize) {
     let threads = threads.max(1);
     // SAFETY: called once at start-up, before any other thread exists.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    // candle's pool for large elementwise ops spins ~25k pauses (about a millisecond) after
+    // each op before it parks; with every core already running a compute thread that spin
+    // takes a core from the matmul that follows (17% of the CPU while tuning int2). A short
+    // spin still catches back-to-back ops. The user's own setting wins.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "500") };
+    }
     // Fails only if the pool was already built, in which case the env var still governs matmul.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
 }
