@@ -27,6 +27,10 @@ use std::collections::HashMap;
 const LR: f64 = 2e-3;
 const WARMUP: usize = 8;
 
+/// The most memory the teacher's kept log-probabilities may take (SmolLM2's 49k vocabulary
+/// over 32k calibration tokens: 3.2 GB).
+const TARGETS_BYTES: usize = 4 << 30;
+
 /// The converted model as tuning starts from it.
 #[derive(Default)]
 pub struct Tunable {
@@ -188,13 +192,28 @@ pub fn tune(src: &Source, windows: &[Vec<u32>], mut model: Tunable, epochs: usiz
     let mut moments: Vec<(Tensor, Tensor)> = vars.iter().map(|v| v.as_tensor().zeros_like().map(|z| (z.clone(), z))).collect::<Result<_, _>>()?;
 
     let total = epochs * windows.len();
+    // The teacher's log-probabilities of every window, kept in f16 after the first pass where
+    // they fit in TARGETS_BYTES (later passes then skip the teacher's forward); else
+    // recomputed each pass.
+    let kept_bytes = windows.iter().map(|w| w.len() * cfg.vocab * 2).sum::<usize>();
+    let keep_targets = epochs > 1 && kept_bytes <= TARGETS_BYTES;
+    let mut targets: Vec<Tensor> = Vec::new();
     let (mut step, mut kl) = (0usize, Vec::new());
     for _ in 0..epochs {
         let mut sum = 0f64;
-        for tokens in windows {
+        for (w, tokens) in windows.iter().enumerate() {
             let t = tokens.len();
-            let mut cache = teacher.new_cache(t, DType::F32)?;
-            let target = log_softmax(&teacher.logits(&teacher.forward(tokens, &mut cache)?)?.reshape((t, cfg.vocab))?)?;
+            let target = match targets.get(w) {
+                Some(kept) => kept.to_dtype(DType::F32)?,
+                None => {
+                    let mut cache = teacher.new_cache(t, DType::F32)?;
+                    let target = log_softmax(&teacher.logits(&teacher.forward(tokens, &mut cache)?)?.reshape((t, cfg.vocab))?)?;
+                    if keep_targets {
+                        targets.push(target.to_dtype(DType::F16)?);
+                    }
+                    target
+                }
+            };
             let p = target.exp()?;
             let ids = Tensor::from_slice(tokens, (1, t), &cpu)?;
             let logp = log_softmax(&student.logits(&ids)?.reshape((t, cfg.vocab))?)?;
