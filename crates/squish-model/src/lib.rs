@@ -114,6 +114,23 @@ impl Model {
         self.decoder.new_cache(self.ctx, self.kv_dtype)
     }
 
+    /// Bytes of one sequence's KV cache (`new_cache`): keys and values of every layer for the
+    /// whole context, in the dtype the cache holds on this device.
+    pub fn kv_cache_bytes(&self) -> usize {
+        let (cfg, device) = (self.decoder.config(), self.decoder.device());
+        let dtype = if device.is_cpu() { self.kv_dtype } else { squish_backend::compute_dtype(device) };
+        cfg.layers * 2 * cfg.kv_heads * cfg.head_dim * self.ctx * dtype.size_in_bytes()
+    }
+
+    /// How many of `wanted` sequences' KV caches fit in the device's free memory now: all of
+    /// them where free memory is not measured (the CPU).
+    pub fn caches_that_fit(&self, wanted: usize) -> usize {
+        match squish_backend::free_memory(self.decoder.device()) {
+            Some(free) => caches_fitting(free, self.kv_cache_bytes(), wanted),
+            None => wanted,
+        }
+    }
+
     /// What `new_cache` stores keys and values as: f32 (the default) or f16.
     pub fn kv_dtype(&self) -> DType {
         self.kv_dtype
@@ -135,6 +152,13 @@ impl Model {
     }
 }
 
+/// How many caches of `each` bytes fit in `free`, at most `wanted`, after a margin for a
+/// step's activations and the allocator's slack: a tenth of `free`, at least 1 GiB.
+fn caches_fitting(free: usize, each: usize, wanted: usize) -> usize {
+    let margin = (free / 10).max(1 << 30);
+    (free.saturating_sub(margin) / each.max(1)).min(wanted)
+}
+
 /// About how many bytes a model's weights take on a GPU: INT4 and INT8 matrices as stored,
 /// everything else (dense, or INT3/INT2 expanded) in bf16.
 fn device_bytes(files: &Arc<ModelFiles>, config: &ModelConfig) -> usize {
@@ -154,4 +178,20 @@ fn device_bytes(files: &Arc<ModelFiles>, config: &ModelConfig) -> usize {
             }
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caches_fitting;
+
+    /// Caches fill what is free past the margin (a tenth, at least 1 GiB), never more than
+    /// wanted, and none fit when the margin takes everything.
+    #[test]
+    fn caches_fit_after_the_margin() {
+        const GIB: usize = 1 << 30;
+        assert_eq!(caches_fitting(100 * GIB, GIB, 8), 8);
+        assert_eq!(caches_fitting(100 * GIB, 10 * GIB, 32), 9);
+        assert_eq!(caches_fitting(3 * GIB, GIB / 2, 8), 4);
+        assert_eq!(caches_fitting(GIB, 1, 8), 0);
+    }
 }

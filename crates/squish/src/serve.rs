@@ -2,7 +2,7 @@
 //! Ollama-compatible HTTP APIs until Ctrl-C or SIGTERM.
 
 use crate::model_arg;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use squish_engine::{Engine, EngineConfig, Model};
 use squish_format::{read_manifest, ModelFiles};
@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// The model's name in the APIs [default: the file or directory name]
     #[arg(long)]
     pub name: Option<String>,
-    /// Sequences decoded together in one batched forward (each holds a KV cache of --ctx tokens)
+    /// Sequences decoded together in one batched forward (each holds a KV cache of --ctx tokens;
+    /// on a GPU, lowered to as many as fit in its free memory)
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
     /// Requests that may wait for a free sequence; more get 429 with Retry-After
@@ -89,7 +90,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model.context_size(),
         t0.elapsed().as_secs_f64()
     );
-    let engine = Arc::new(Engine::start(Arc::new(model), EngineConfig { max_batch: args.max_batch, max_queue: args.max_queue })?);
+    // Every sequence slot holds a whole context's KV cache: on a GPU, as many as fit.
+    let max_batch = model.caches_that_fit(args.max_batch.max(1));
+    let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    if max_batch == 0 {
+        bail!("no {}-token KV cache ({}) fits beside the model on {}; use a smaller --ctx", model.context_size(), gib(model.kv_cache_bytes()), squish_backend::describe(&device));
+    }
+    if max_batch < args.max_batch {
+        tracing::warn!(
+            "--max-batch {} lowered to {max_batch}: that many {}-token KV caches ({} each) fit in the free memory; a smaller --ctx fits more",
+            args.max_batch,
+            model.context_size(),
+            gib(model.kv_cache_bytes())
+        );
+    }
+    let engine = Arc::new(Engine::start(Arc::new(model), EngineConfig { max_batch, max_queue: args.max_queue })?);
     let opts = ServerOptions {
         addr: SocketAddr::new(args.host, args.port),
         api_key: args.api_key.filter(|k| !k.is_empty()),
