@@ -88,7 +88,7 @@ impl Model {
             None => config.max_pos.min(DEFAULT_CTX),
         };
         if let Some(free) = squish_backend::free_memory(device) {
-            let (weights, cache) = (device_bytes(&files, &config), config.layers * 2 * config.kv_heads * config.head_dim * ctx * 2);
+            let (weights, cache) = (device_bytes(&files, &config), cache_bytes(&config, ctx, squish_backend::compute_dtype(device)));
             if weights + cache > free {
                 let gib = |b: usize| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
                 return Err(ModelError::unsupported(
@@ -117,9 +117,9 @@ impl Model {
     /// Bytes of one sequence's KV cache (`new_cache`): keys and values of every layer for the
     /// whole context, in the dtype the cache holds on this device.
     pub fn kv_cache_bytes(&self) -> usize {
-        let (cfg, device) = (self.decoder.config(), self.decoder.device());
+        let device = self.decoder.device();
         let dtype = if device.is_cpu() { self.kv_dtype } else { squish_backend::compute_dtype(device) };
-        cfg.layers * 2 * cfg.kv_heads * cfg.head_dim * self.ctx * dtype.size_in_bytes()
+        cache_bytes(self.decoder.config(), self.ctx, dtype)
     }
 
     /// How many of `wanted` sequences' KV caches fit in the device's free memory now: all of
@@ -150,6 +150,11 @@ impl Model {
     pub fn chat_template(&self) -> Option<ChatTemplate> {
         self.tokenizer.template()
     }
+}
+
+/// Bytes of a KV cache of `ctx` tokens stored as `dtype`.
+fn cache_bytes(cfg: &ModelConfig, ctx: usize, dtype: DType) -> usize {
+    cfg.layers * 2 * cfg.kv_heads * cfg.head_dim * ctx * dtype.size_in_bytes()
 }
 
 /// How many caches of `each` bytes fit in `free`, at most `wanted`, after a margin for a
