@@ -7,6 +7,7 @@
 //! into place.
 
 mod calibrate;
+mod kl;
 pub(crate) mod export;
 mod plan;
 mod tune;

@@ -14,7 +14,8 @@ use crate::lora::train_model::rope_tables;
 use crate::lora::trainer::adam_update;
 use crate::lora::{Target, TrainModel};
 use crate::{ModelError, Source};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
+use super::kl::Teacher;
 use super::plan::{Storage, TensorChoice};
 use half::f16;
 use squish_quant::{int2, params8};
@@ -192,37 +193,38 @@ pub fn tune(src: &Source, windows: &[Vec<u32>], mut model: Tunable, epochs: usiz
     let mut moments: Vec<(Tensor, Tensor)> = vars.iter().map(|v| v.as_tensor().zeros_like().map(|z| (z.clone(), z))).collect::<Result<_, _>>()?;
 
     let total = epochs * windows.len();
-    // The teacher's log-probabilities of every window, kept in f16 after the first pass where
-    // they fit in TARGETS_BYTES (later passes then skip the teacher's forward); else
-    // recomputed each pass.
+    // The teacher's distribution over every window, kept after the first pass where it fits
+    // in TARGETS_BYTES (later passes then skip the teacher's forward); else recomputed each
+    // pass.
     let kept_bytes = windows.iter().map(|w| w.len() * cfg.vocab * 2).sum::<usize>();
     let keep_targets = epochs > 1 && kept_bytes <= TARGETS_BYTES;
-    let mut targets: Vec<Tensor> = Vec::new();
+    let mut targets: Vec<Teacher> = Vec::new();
     let (mut step, mut kl) = (0usize, Vec::new());
     for _ in 0..epochs {
         let mut sum = 0f64;
         for (w, tokens) in windows.iter().enumerate() {
             let t = tokens.len();
+            let fresh;
             let target = match targets.get(w) {
-                Some(kept) => kept.to_dtype(DType::F32)?,
+                Some(kept) => kept,
                 None => {
                     let mut cache = teacher.new_cache(t, DType::F32)?;
-                    let target = log_softmax(&teacher.logits(&teacher.forward(tokens, &mut cache)?)?.reshape((t, cfg.vocab))?)?;
-                    if keep_targets {
-                        targets.push(target.to_dtype(DType::F16)?);
+                    let logits = teacher.logits(&teacher.forward(tokens, &mut cache)?)?.flatten_all()?.to_vec1::<f32>()?;
+                    fresh = Teacher::from_logits(&logits, cfg.vocab);
+                    match keep_targets {
+                        true => {
+                            targets.push(fresh);
+                            &targets[w]
+                        }
+                        false => &fresh,
                     }
-                    target
                 }
             };
-            let p = target.exp()?;
             let ids = Tensor::from_slice(tokens, (1, t), &cpu)?;
-            let logp = log_softmax(&student.logits(&ids)?.reshape((t, cfg.vocab))?)?;
-            // KL(p || q) = Σ p (log p - log q); only the second term has a gradient.
-            let cross = ((&p * &logp)?.sum_all()?.neg()? / t as f64)?;
-            let entropy = ((&p * &target)?.sum_all()?.neg()? / t as f64)?;
-            let value = (cross.to_scalar::<f32>()? - entropy.to_scalar::<f32>()?).max(0.0);
+            let loss = target.kl(&student.logits(&ids)?.reshape((t, cfg.vocab))?)?;
+            let value = loss.to_scalar::<f32>()?;
             sum += value as f64;
-            let grads = student.backward_all(&cross, &outside.iter().collect::<Vec<_>>())?;
+            let grads = student.backward_all(&loss, &outside.iter().collect::<Vec<_>>())?;
             step += 1;
             let lr = LR * (step as f64 / WARMUP as f64).min(1.0) * (1.0 - 0.9 * (step - 1) as f64 / total.max(1) as f64);
             for (v, moments) in vars.iter().zip(moments.iter_mut()) {
@@ -242,13 +244,6 @@ pub fn tune(src: &Source, windows: &[Vec<u32>], mut model: Tunable, epochs: usiz
     }
     let norms = norm_vars.into_iter().map(|(n, v)| Ok((n, v.as_tensor().to_vec1()?))).collect::<Result<_, ModelError>>()?;
     Ok(Tuning { factors, norms, kl })
-}
-
-/// log softmax over the last dimension (differentiable: candle's basic ops).
-fn log_softmax(x: &Tensor) -> Result<Tensor, ModelError> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    Ok(shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)?)
 }
 
 #[cfg(test)]
