@@ -28,7 +28,7 @@ use std::collections::HashMap;
 const LR: f64 = 2e-3;
 const WARMUP: usize = 8;
 
-/// The most memory the teacher's kept log-probabilities may take (SmolLM2's 49k vocabulary
+/// The most memory the teacher's kept probabilities (f16) may take (SmolLM2's 49k vocabulary
 /// over 32k calibration tokens: 3.2 GB).
 const TARGETS_BYTES: usize = 4 << 30;
 
