@@ -4,6 +4,7 @@
 //! per step, each a fresh 100 MB tensor for a 512-token window of a 49k vocabulary; this
 //! takes four forward (one writes) and two backward.
 
+use crate::lora::cpu_f32s;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use half::f16;
 use rayon::prelude::*;
@@ -64,21 +65,13 @@ fn softmax_with_lse(z: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
     (q, lse)
 }
 
-fn f32s<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("kl: logits not contiguous".into()))?;
-    match storage {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => candle_core::bail!("kl: f32 logits only"),
-    }
-}
-
 impl CustomOp1 for Kl {
     fn name(&self) -> &'static str {
         "kl-from-teacher"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let z = f32s(storage, layout)?;
+        let z = cpu_f32s(storage, layout)?;
         let (t, vocab) = layout.shape().dims2()?;
         if z.len() != self.probs.len() {
             candle_core::bail!("kl: logits {t}x{vocab} against {} target values", self.probs.len());

@@ -18,6 +18,14 @@ pub(super) fn tensor_of(storage: &CpuStorage, layout: &Layout) -> candle_core::R
     }
 }
 
+/// A custom op's contiguous f32 input, borrowed.
+pub(crate) fn cpu_f32s<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => candle_core::bail!("custom op: contiguous f32 input only"),
+    }
+}
+
 pub(super) fn storage_of(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
     let flat = t.flatten_all()?;
     let storage = match t.dtype() {

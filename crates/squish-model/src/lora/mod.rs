@@ -20,6 +20,7 @@ pub mod trainer;
 pub use adapter::{Adapter, AdapterConfig, LoraPair, Target};
 pub use apply::Deltas;
 pub(crate) use apply::add_deltas;
+pub(crate) use fused::cpu_f32s;
 pub use train_model::TrainModel;
 /// The training dtype (f32; f64 for gradient checks).
 pub use candle_core::DType;

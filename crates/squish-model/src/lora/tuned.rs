@@ -4,12 +4,16 @@
 //! to the inputs as inference applies it (x ↦ R x: signs, then a Walsh-Hadamard transform
 //! per block, as a small matmul shared by every block).
 
+use super::fused::cpu_f32s;
 use crate::ModelError;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
 use squish_quant::rotate::Rotation;
+use std::sync::Arc;
 
 pub(crate) struct Tuned {
-    q: Tensor,
+    /// Q's values, (n, k/g, g) row-major.
+    q: Arc<Vec<f32>>,
     pub m: Var,
     signs: Tensor,
     /// H_b / √b (symmetric), b x b.
@@ -17,6 +21,7 @@ pub(crate) struct Tuned {
     block: usize,
     n: usize,
     k: usize,
+    g: usize,
 }
 
 impl Tuned {
@@ -28,13 +33,14 @@ impl Tuned {
         let mut h: Vec<f32> = (0..b * b).map(|i| if i / b == i % b { 1.0 } else { 0.0 }).collect();
         plain.apply(&mut h);
         Ok(Self {
-            q: Tensor::from_vec(w_rot, (n, k / g, g), device)?,
+            q: Arc::new(w_rot),
             m: Var::ones((n, k / g, 1), candle_core::DType::F32, device)?,
             signs: Tensor::from_slice(rotation.signs(), k, device)?,
             hadamard: Tensor::from_vec(h, (b, b), device)?,
             block: b,
             n,
             k,
+            g,
         })
     }
 
@@ -42,7 +48,9 @@ impl Tuned {
     /// times their factors, rotated back (Rᵀ r = D H r / √b).
     pub fn rows(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let t = ids.dim(0)?;
-        let stored = self.q.index_select(ids, 0)?.broadcast_mul(&self.m.as_tensor().index_select(ids, 0)?)?;
+        let rows: Vec<f32> = ids.to_vec1::<u32>()?.iter().flat_map(|&i| &self.q[i as usize * self.k..(i as usize + 1) * self.k]).copied().collect();
+        let factors = self.m.as_tensor().index_select(ids, 0)?; // (t, k/g, 1)
+        let stored = Tensor::from_vec(rows, (t, self.k / self.g, self.g), ids.device())?.broadcast_mul(&factors)?;
         stored.reshape((t * self.k / self.block, self.block))?.matmul(&self.hadamard)?.reshape((t, self.k))?.broadcast_mul(&self.signs)
     }
 
@@ -50,8 +58,50 @@ impl Tuned {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let t = x.dim(0)?;
         let rotated = x.broadcast_mul(&self.signs)?.reshape((t * self.k / self.block, self.block))?.matmul(&self.hadamard)?.reshape((t, self.k))?;
-        let w = self.q.broadcast_mul(self.m.as_tensor())?.reshape((self.n, self.k))?;
-        rotated.matmul(&w.t()?)
+        let w = self.m.as_tensor().apply_op1(GroupScaled { q: self.q.clone(), g: self.g })?;
+        rotated.matmul(&w.reshape((self.n, self.k))?.t()?)
+    }
+}
+
+/// m (n, k/g, 1) -> Q ⊙ m (n, k/g, g), each group of Q times its factor; the backward sums
+/// each group of dW ⊙ Q. As candle's broadcast multiply and its backward these were a fifth
+/// of a tuning step (generic broadcast loops over every weight, twice, and a reduction).
+struct GroupScaled {
+    q: Arc<Vec<f32>>,
+    g: usize,
+}
+
+/// Groups per parallel task.
+const GROUPS: usize = 256;
+
+impl CustomOp1 for GroupScaled {
+    fn name(&self) -> &'static str {
+        "group-scaled"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let m = cpu_f32s(storage, layout)?;
+        let (n, groups, _) = layout.shape().dims3()?;
+        let mut w = vec![0f32; self.q.len()];
+        w.par_chunks_mut(self.g * GROUPS).zip(self.q.par_chunks(self.g * GROUPS)).zip(m.par_chunks(GROUPS)).for_each(|((w, q), m)| {
+            for ((w, q), &m) in w.chunks_exact_mut(self.g).zip(q.chunks_exact(self.g)).zip(m) {
+                w.iter_mut().zip(q).for_each(|(w, &q)| *w = q * m);
+            }
+        });
+        Ok((CpuStorage::F32(w), Shape::from((n, groups, self.g))))
+    }
+
+    fn bwd(&self, m: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dw = grad.contiguous()?;
+        let (storage, layout) = dw.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*storage else { candle_core::bail!("group scale: CPU only") };
+        let dw = cpu_f32s(storage, layout)?;
+        let dm: Vec<f32> = dw
+            .par_chunks(self.g * GROUPS)
+            .zip(self.q.par_chunks(self.g * GROUPS))
+            .flat_map_iter(|(dw, q)| dw.chunks_exact(self.g).zip(q.chunks_exact(self.g)).map(|(dw, q)| dw.iter().zip(q).map(|(a, b)| a * b).sum::<f32>()).collect::<Vec<_>>())
+            .collect();
+        Tensor::from_vec(dm, m.shape(), m.device()).map(Some)
     }
 }
 
@@ -85,5 +135,23 @@ mod tests {
                 assert!((got[i * n + j] - want).abs() < 1e-3, "{i},{j}: {} vs {want}", got[i * n + j]);
             }
         }
+    }
+
+    /// The group-scaled product and its factor gradient match candle's broadcast multiply.
+    #[test]
+    fn group_scaling_matches_broadcast_multiply() {
+        let (n, groups, g) = (3, 4, 32);
+        let q: Vec<f32> = (0..n * groups * g).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let m = Var::from_vec((0..n * groups).map(|i| 0.5 + i as f32 / 10.0).collect::<Vec<_>>(), (n, groups, 1), &Device::Cpu).unwrap();
+        let up: Vec<f32> = (0..n * groups * g).map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0).collect();
+        let up = Tensor::from_vec(up, (n, groups, g), &Device::Cpu).unwrap();
+        let loss = |w: Tensor| (w * &up).unwrap().sum_all().unwrap();
+        let fused = m.as_tensor().apply_op1(GroupScaled { q: Arc::new(q.clone()), g }).unwrap();
+        let plain = Tensor::from_vec(q, (n, groups, g), &Device::Cpu).unwrap().broadcast_mul(m.as_tensor()).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff(&fused, &plain), 0.0);
+        let (gf, gp) = (loss(fused).backward().unwrap(), loss(plain).backward().unwrap());
+        let (gf, gp) = (gf.get(m.as_tensor()).unwrap(), gp.get(m.as_tensor()).unwrap());
+        assert!(diff(gf, gp) < 1e-4, "factor gradients differ by {}", diff(gf, gp));
     }
 }
