@@ -67,7 +67,7 @@ pub struct ConvertArgs {
     /// int2 with --calib: passes over the calibration text that then tune the group scales and
     /// norm weights (every code fixed) so the model's next-token distribution follows the
     /// source's; 0 skips it
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = convert::DEFAULT_TUNE_EPOCHS)]
     pub tune_epochs: usize,
     /// The output directory
     #[arg(short, long)]

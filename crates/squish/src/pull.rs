@@ -136,7 +136,7 @@ pub fn pull(opts: &PullOptions, on: &mut dyn FnMut(PullEvent)) -> Result<Pulled>
         embedding_scheme: None,
         calib: opts.calib.clone(),
         calib_tokens: 32768,
-        tune_epochs: 2,
+        tune_epochs: convert::DEFAULT_TUNE_EPOCHS,
         force: true, // written beside and swapped in whole
     };
     let summary = convert::convert(&snapshot.model_path, &dir, &convert_opts, &mut |p| on(PullEvent::Convert(p)))?;

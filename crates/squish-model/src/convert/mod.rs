@@ -31,6 +31,10 @@ use std::time::Instant;
 
 const MAX_SHARD_BYTES: usize = 2 << 30;
 
+/// Tuning passes by default: on SmolLM2 with 32k calibration tokens, two gave ΔPPL +4.50,
+/// three +4.33, four +4.11 (llama.cpp Q2_K: +4.23).
+pub const DEFAULT_TUNE_EPOCHS: usize = 4;
+
 pub struct ConvertOptions {
     pub scheme: Scheme,
     pub group_size: Option<usize>,
