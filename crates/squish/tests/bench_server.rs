@@ -80,9 +80,13 @@ fn sweeps_concurrency_against_squish_serve() {
             assert!(l[key].as_f64().unwrap() > 0.0, "{key}: {l}");
         }
         if l["concurrency"] == 1 {
-            // One stream at a time: decoding all the time between its first and last chunk.
-            let decode = l["all_streams_decoding_tokens_per_s"].as_f64().unwrap();
-            assert!(decode >= l["per_stream_tokens_per_s"].as_f64().unwrap() * 0.99, "{l}");
+            // One stream at a time: decoding all the time between its first and last chunk, so
+            // the decode rate pools the streams' own rates: tokens over their summed decode
+            // times, the harmonic mean of the rates for equal token counts. That is never
+            // above their arithmetic mean (the per-stream figure) and near it unless the
+            // requests' speeds differ a lot (a loaded CI machine: 18.5 against 18.9).
+            let (decode, per_stream) = (l["all_streams_decoding_tokens_per_s"].as_f64().unwrap(), l["per_stream_tokens_per_s"].as_f64().unwrap());
+            assert!(decode <= per_stream * 1.001 && decode >= per_stream * 0.8, "{l}");
         }
         // The prompt was sized by the server's own count to about --prompt-tokens.
         let p = l["prompt_tokens"].as_f64().unwrap();
