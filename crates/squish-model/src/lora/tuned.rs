@@ -64,8 +64,8 @@ impl Tuned {
 }
 
 /// m (n, k/g, 1) -> Q ⊙ m (n, k/g, g), each group of Q times its factor; the backward sums
-/// each group of dW ⊙ Q. As candle's broadcast multiply and its backward these were a fifth
-/// of a tuning step (generic broadcast loops over every weight, twice, and a reduction).
+/// each group of dW ⊙ Q: one pass each, where candle's broadcast multiply and its backward
+/// ran generic broadcast loops over every weight, twice, and a reduction.
 struct GroupScaled {
     q: Arc<Vec<f32>>,
     g: usize,
