@@ -24,6 +24,13 @@ import torch
 import transformers
 
 SHAPES = {
+    # HuggingFaceTB/SmolLM2-135M-Instruct (the LoRA benchmark's shape)
+    "smollm2-135m": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
+        max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=2,
+    ),
     # meta-llama/Llama-3.2-1B
     "llama-3.2-1b": dict(
         model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -3,7 +3,7 @@
 # PyTorch + transformers, no Rust, no network), from the repository root, with a squish binary
 # built `--features cuda` (docs/cuda.md):
 #
-#   SQUISH_BIN=./squish SQUISH_TESTS="squish-model.cuda squish-backend.cuda_quant" benchmarks/gpu/run.sh [quick|nospeed]
+#   SQUISH_BIN=./squish SQUISH_TESTS="squish-model.cuda squish-model.lora_cuda squish-backend.cuda_quant" benchmarks/gpu/run.sh [quick|nospeed]
 #
 # 0. the GPU test binaries named in SQUISH_TESTS (crate.test; built with --features cuda);
 # 1. correctness: the tiny golden models (dense, INT4, INT8) evaluated on the CPU and on the
@@ -11,7 +11,10 @@
 # 2. `squish serve --device cuda`: real /v1/chat/completions requests, plain and streamed;
 # 3. speed: random-weight models of real shapes (Llama-3.2-1B, Qwen2.5-7B; hf_shapes.py
 #    writes them), BF16 and INT4, prefill and batch 1/8/32 decode, beside transformers
-#    `generate` on the same shapes in the same run. `quick` skips the 7B, `nospeed` all of 3.
+#    `generate` on the same shapes in the same run. `quick` skips the 7B, `nospeed` all of 3;
+# 4. LoRA: `squish lora train --device cuda` on a random SmolLM2-shaped model, BF16 and INT4
+#    bases, beside peft + transformers training the same adapter shape (peft_train.py), then
+#    `squish run --lora` on the GPU.
 # Logs go to $OUT (default /tmp/gpu-check); the summary is $OUT/summary.txt. Exit status 1 when
 # a correctness or serving check failed.
 set -u
@@ -107,6 +110,37 @@ bench_shape() {
   done
   rm -rf "$dir" "$dir-int4"
 }
+# 4. LoRA training on the GPU, beside peft + transformers on the same shape and adapter
+lora_stage() {
+  local dir="$WORK/smollm2-135m" data="$WORK/lora-train.jsonl" held="$WORK/lora-eval.jsonl"
+  python3 benchmarks/gpu/hf_shapes.py smollm2-135m --save "$dir" --no-bench 2> "$OUT/hf-smollm2.err" \
+    || { fail "smollm2-135m shape: $(tail -3 "$OUT/hf-smollm2.err")"; return; }
+  # 80 training rows and 8 held-out ones of this repository's prose, each over 512 tokens.
+  python3 - "$data" "$held" <<'EOF'
+import json, sys
+text = open("README.md").read() + open("docs/ARCHITECTURE.md").read()
+for path, rows, offset in ((sys.argv[1], 80, 0), (sys.argv[2], 8, 500)):
+    with open(path, "w") as f:
+        for i in range(rows):
+            start = (i * 997 + offset) % (len(text) - 4000)
+            f.write(json.dumps({"text": text[start:start + 4000]}) + "\n")
+EOF
+  python3 benchmarks/gpu/peft_train.py smollm2-135m --batch 4 --seq 512 --steps 20 > "$OUT/peft.jsonl" 2> "$OUT/peft.err" \
+    || fail "peft: $(tail -3 "$OUT/peft.err")"
+  cat "$OUT/peft.jsonl" | tee -a "$OUT/summary.txt"
+  "$BIN" convert "$dir" --to int4 -o "$dir-int4" > "$OUT/convert-smollm2.log" 2>&1 || fail "convert smollm2-135m: $(tail -2 "$OUT/convert-smollm2.log")"
+  for m in "$dir" "$dir-int4"; do
+    local name=$(basename "$m")
+    "$BIN" lora train "$m" --device $GPU --data "$data" --eval-data "$held" --batch 4 --max-seq 512 -o "$WORK/adapter-$name" > "$OUT/lora-$name.log" 2>&1 \
+      && say "ok squish lora train $name: $(grep -E '^(base|epoch|saved)' "$OUT/lora-$name.log" | tr -s ' ' | tr '\n' ';')" \
+      || fail "lora train $name: $(tail -3 "$OUT/lora-$name.log")"
+  done
+  "$BIN" run "$dir-int4" --device $GPU --lora "$WORK/adapter-smollm2-135m-int4" --raw --prompt "The model" -n 8 --temperature 0 > "$OUT/lora-run.txt" 2> "$OUT/lora-run.err" \
+    && say "ok squish run --lora on the GPU: $(tr '\n' ' ' < "$OUT/lora-run.txt")" || fail "run --lora: $(tail -2 "$OUT/lora-run.err")"
+  rm -rf "$dir" "$dir-int4"
+}
+lora_stage
+
 [ "${1:-}" = nospeed ] || bench_shape llama-3.2-1b
 [ -n "${1:-}" ] || bench_shape qwen2.5-7b
 say "done, failed=$FAILED"

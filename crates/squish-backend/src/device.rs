@@ -106,9 +106,14 @@ pub fn devices() -> Vec<String> {
 /// Bytes free on a GPU device (None on the CPU): what a model's upload and its KV caches must
 /// fit in.
 pub fn free_memory(device: &Device) -> Option<usize> {
+    gpu_memory(device).map(|(free, _)| free)
+}
+
+/// (free, total) bytes on a GPU device; None on the CPU.
+pub fn gpu_memory(device: &Device) -> Option<(usize, usize)> {
     match device {
         #[cfg(feature = "cuda")]
-        Device::Cuda(d) => d.cuda_stream().context().mem_get_info().ok().map(|(free, _)| free),
+        Device::Cuda(d) => d.cuda_stream().context().mem_get_info().ok(),
         _ => None,
     }
 }

@@ -10,7 +10,7 @@ mod ops;
 mod softmax;
 
 pub use candle_core::{DType, Device, Tensor};
-pub use device::{built_with, compute_dtype, describe, devices, free_memory, configure_threads, on_compute_pool, open_device, DeviceRequest};
+pub use device::{built_with, compute_dtype, describe, devices, free_memory, gpu_memory, configure_threads, on_compute_pool, open_device, DeviceRequest};
 pub use activation::silu_mul;
 pub use cuda::{decode_attention, CacheSlot, QuantMatrix};
 pub use attention_cpu::attention_from_caches;

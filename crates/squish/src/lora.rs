@@ -51,6 +51,8 @@ tokens are learned) or {\"text\": \"...\"} (every token learned).
 Base: frozen; gradients reach only the adapters. A squish INT8/INT4/INT3 model stays quantized
 (its forward runs the kernels `run` and `serve` use; the backward dequantizes 256 rows at a time),
 so the weights cost their quantized size; a Hugging Face or GGUF base is converted to f32 at load.
+On a GPU (--device cuda) the base stays in bf16, or packed INT4/INT8, and its products run in bf16;
+adapters, activations, attention and the loss are f32.
 
 Output: DIR/adapter_config.json and DIR/adapter_model.safetensors (Hugging Face PEFT's layout, loadable by
 peft.PeftModel.from_pretrained), DIR/checkpoint-STEP/ every --checkpoint-every steps.
@@ -105,6 +107,9 @@ pub struct TrainArgs {
     /// Skip malformed lines (reported by number) instead of stopping at the first
     #[arg(long)]
     pub skip_bad_lines: bool,
+    /// Where to train: auto, cpu, cuda, cuda:N (a GPU keeps an INT4/INT8 base packed, computes in f32 with bf16 base products)
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// CPU threads [default: all cores]
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -183,7 +188,7 @@ fn print_report(what: &str, path: &Path, r: &DataReport, used: usize, max_seq: u
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let (device, threads) = setup::device("cpu", args.threads)?;
+    let (device, threads) = setup::device(&args.device, args.threads)?;
     let path = model_arg::resolve(args.model.clone())?;
     let source = Source::open(&path)?;
     let data = load_data(&args.data, &source, &args, "train")?;
@@ -232,6 +237,8 @@ fn train(args: TrainArgs) -> Result<()> {
     let bar = setup::progress_bar((per_epoch * args.epochs) as u64, "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})");
     bar.set_position(trainer.state.step as u64);
     let (t_train, mut tokens_seen) = (Instant::now(), 0usize);
+    // The GPU's least free memory, sampled after every step: what training took at its peak.
+    let mut least_free = squish_backend::free_memory(&device);
     while trainer.state.epoch < args.epochs {
         let epoch = trainer.state.epoch;
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, args.epochs));
@@ -244,6 +251,7 @@ fn train(args: TrainArgs) -> Result<()> {
             trainer.state.batch_in_epoch += 1;
             tokens_seen += rows.iter().map(|e| e.tokens.len()).sum::<usize>();
             epoch_losses.push(loss);
+            least_free = least_free.min(squish_backend::free_memory(&device));
             let rate = tokens_seen as f64 / t_train.elapsed().as_secs_f64();
             bar.set_message(format!("loss {loss:.3}, {rate:.0} tokens/s"));
             bar.inc(1);
@@ -268,8 +276,12 @@ fn train(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     trainer.save_checkpoint(&args.output)?;
     let secs = t_train.elapsed().as_secs_f64();
+    let gpu = match (least_free, squish_backend::gpu_memory(&device)) {
+        (Some(free), Some((_, total))) => format!(", GPU memory in use at most {:.2} GB of {:.1}", (total - free) as f64 / 1e9, total as f64 / 1e9),
+        _ => String::new(),
+    };
     println!(
-        "saved  {} after {} steps: {:.0} s, {:.0} tokens/s, peak memory {:.2} GB",
+        "saved  {} after {} steps: {:.0} s, {:.0} tokens/s, peak memory {:.2} GB{gpu}",
         args.output.display(),
         trainer.state.step,
         secs,

@@ -81,12 +81,16 @@ impl QuantMatrix {
         let y = if t <= GEMV_MAX_ROWS {
             x2.apply_op3_no_bwd(&self.codes, &self.params, &Op::Gemv(self.spec()))?
         } else {
-            let w = self.codes.apply_op2_no_bwd(&self.params, &Op::Dequantize(self.spec()))?;
-            x2.matmul(&w.t()?)?
+            x2.matmul(&self.dequantize()?.t()?)?
         };
         let mut out = dims;
         *out.last_mut().expect("x has dims") = self.n;
         Ok(y.reshape(out)?)
+    }
+
+    /// The whole matrix, (N, K) in bf16: a transient copy (LoRA's backward multiplies by it).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        Ok(self.codes.apply_op2_no_bwd(&self.params, &Op::Dequantize(self.spec()))?)
     }
 
     fn spec(&self) -> Spec {

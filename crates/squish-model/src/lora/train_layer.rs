@@ -7,10 +7,10 @@
 
 use super::adapter::Target;
 use super::frozen::FrozenWeight;
-use super::fused::{causal_attention, frozen_matmul};
+use super::fused::{apply, causal_attention, frozen_matmul, TensorOp1};
 use super::tuned::Tuned;
 use crate::{ModelConfig, ModelError};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, TensorId, Var, D};
+use candle_core::{Tensor, TensorId, Var, D};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -140,7 +140,7 @@ impl TrainLayer {
 
     /// The layer as one checkpointed op on x (which must be tracked for its backward to run).
     pub fn checkpointed(self: &Arc<Self>, x: &Tensor, side: &SideGrads) -> Result<Tensor, ModelError> {
-        Ok(x.contiguous()?.apply_op1(Checkpoint { layer: self.clone(), side: side.clone() })?)
+        Ok(apply(x, Checkpoint { layer: self.clone(), side: side.clone() })?)
     }
 }
 
@@ -149,21 +149,17 @@ struct Checkpoint {
     side: SideGrads,
 }
 
-impl CustomOp1 for Checkpoint {
-    fn name(&self) -> &'static str {
-        "checkpointed-layer"
+impl TensorOp1 for Checkpoint {
+    const NAME: &'static str = "checkpointed-layer";
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.layer.forward(x).map_err(candle_core::Error::wrap)?.detach())
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = super::fused::tensor_of(storage, layout)?;
-        let y = self.layer.forward(&x).map_err(candle_core::Error::wrap)?;
-        super::fused::storage_of(&y.detach())
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let xv = Var::from_tensor(&x.detach())?;
+    fn backward(&self, x: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let xv = Var::from_tensor(x)?;
         let y = self.layer.forward(xv.as_tensor()).map_err(candle_core::Error::wrap)?;
-        let grads = (y * grad_res.detach())?.sum_all()?.backward()?;
+        let grads = (y * grad)?.sum_all()?.backward()?;
         let mut side = self.side.lock().expect("side gradients");
         for v in self.layer.trainables() {
             if let Some(g) = grads.get(v.as_tensor()) {

@@ -87,7 +87,8 @@ impl TrainModel {
             }
             let mut lora = BTreeMap::new();
             for (&(_, t), pair) in adapter.pairs.range((i, Target::Q)..=(i, Target::Down)) {
-                lora.insert(t, (Var::from_tensor(&pair.a.to_dtype(dtype)?)?, Var::from_tensor(&pair.b.to_dtype(dtype)?)?));
+                let var = |f: &Tensor| Var::from_tensor(&f.to_device(device)?.to_dtype(dtype)?);
+                lora.insert(t, (var(&pair.a)?, var(&pair.b)?));
             }
             let norms = [get(&format!("{p}.input_layernorm.weight"), &[h])?, get(&format!("{p}.post_attention_layernorm.weight"), &[h])?];
             let qk_norms = [maybe(&format!("{p}.self_attn.q_norm.weight"), &[hd])?, maybe(&format!("{p}.self_attn.k_norm.weight"), &[hd])?];
@@ -166,12 +167,12 @@ impl TrainModel {
         out
     }
 
-    /// The adapter as trained so far (f32, detached from the graph).
+    /// The adapter as trained so far (f32 on the CPU, detached from the graph).
     pub fn adapter(&self) -> Result<Adapter, ModelError> {
         let mut pairs = BTreeMap::new();
         for (i, l) in self.layers.iter().enumerate() {
             for (&t, (a, b)) in &l.lora {
-                let f = |v: &Var| v.as_tensor().detach().to_dtype(DType::F32);
+                let f = |v: &Var| v.as_tensor().detach().to_dtype(DType::F32)?.to_device(&Device::Cpu);
                 pairs.insert((i, t), LoraPair { a: f(a)?, b: f(b)? });
             }
         }
