@@ -10,36 +10,18 @@
 //! on an H200: 1.7-2.0% dense), 10% for quantized models (see QUANTIZED_TOLERANCE), and the
 //! greedy continuations must agree on their first token.
 
+mod cuda_common;
+
 use candle_core::Device;
-use squish_model::convert::{convert, ConvertOptions, Scheme};
+use cuda_common::{converted, gpu, tiny};
+use squish_model::convert::Scheme;
 use squish_model::{argmax, Model};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const TOLERANCE: f32 = 0.04;
 /// Quantized models: the CPU's INT4/INT8 kernels also round activations to 8 bits (the GPU's
 /// keep bf16), so the two sides differ by more than the compute dtype.
 const QUANTIZED_TOLERANCE: f32 = 0.1;
-
-fn gpu() -> Option<Device> {
-    match squish_backend::open_device(squish_backend::DeviceRequest::Cuda(0)) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-fn tiny(name: &str) -> PathBuf {
-    Path::new(&*std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into())).join("../../tests/fixtures/tiny").join(name)
-}
-
-fn converted(name: &str, scheme: Scheme) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("squish-cuda-test-{name}-{scheme:?}"));
-    let opts = ConvertOptions { scheme, group_size: None, embedding_scheme: None, calib: None, calib_tokens: 0, tune_epochs: 0, force: true };
-    convert(&tiny(name), &out, &opts, &mut |_| {}).unwrap();
-    out
-}
 
 /// Every position's logits of a fixed token sequence, then 6 greedy tokens through the cache.
 fn run(dir: &Path, device: &Device) -> (Vec<Vec<f32>>, Vec<u32>) {

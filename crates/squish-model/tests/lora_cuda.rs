@@ -10,38 +10,19 @@
 //! gradients may differ by a few percent (relative L2 per tensor); a wrong or missing term
 //! would be off by the size of the gradient itself.
 
+mod cuda_common;
+
 use candle_core::{DType, Device, Tensor};
-use squish_model::convert::{convert, ConvertOptions, Scheme};
+use cuda_common::{converted, gpu, tiny};
+use squish_model::convert::Scheme;
 use squish_model::lora::data::Example;
 use squish_model::lora::trainer::{make_batch, Trainer};
 use squish_model::lora::{Adapter, AdapterConfig, LoraPair, Target, TrainModel};
 use squish_model::Source;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 const GRAD_TOLERANCE: f64 = 0.08;
 const LOSS_TOLERANCE: f64 = 0.01;
-
-fn gpu() -> Option<Device> {
-    match squish_backend::open_device(squish_backend::DeviceRequest::Cuda(0)) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-fn tiny(name: &str) -> PathBuf {
-    Path::new(&*std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into())).join("../../tests/fixtures/tiny").join(name)
-}
-
-fn int4(name: &str) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("squish-lora-cuda-{name}-int4"));
-    let opts = ConvertOptions { scheme: Scheme::Int4, group_size: None, embedding_scheme: None, calib: None, calib_tokens: 0, tune_epochs: 0, force: true };
-    convert(&tiny(name), &out, &opts, &mut |_| {}).unwrap();
-    out
-}
 
 /// Rank 4 on four targets, B random too so that both factors get gradients.
 fn adapter(source: &Source) -> Adapter {
@@ -76,7 +57,7 @@ fn loss_and_grads(source: &Source, adapter: &Adapter, dtype: DType, device: &Dev
 #[test]
 fn gpu_loss_and_gradients_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    for (label, path) in [("llama", tiny("llama")), ("qwen2", tiny("qwen2")), ("qwen3", tiny("qwen3")), ("qwen2 int4", int4("qwen2"))] {
+    for (label, path) in [("llama", tiny("llama")), ("qwen2", tiny("qwen2")), ("qwen3", tiny("qwen3")), ("qwen2 int4", converted("qwen2", Scheme::Int4))] {
         let source = Source::open(&path).unwrap();
         let adapter = adapter(&source);
         let (cpu_loss, cpu) = loss_and_grads(&source, &adapter, DType::F64, &Device::Cpu);
@@ -101,7 +82,7 @@ fn gpu_loss_and_gradients_match_the_cpu() {
 #[test]
 fn gpu_training_follows_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    for (label, path) in [("qwen2", tiny("qwen2")), ("llama int4", int4("llama"))] {
+    for (label, path) in [("qwen2", tiny("qwen2")), ("llama int4", converted("llama", Scheme::Int4))] {
         let source = Source::open(&path).unwrap();
         let adapter = adapter(&source);
         let run = |device: &Device| -> Vec<f32> {
