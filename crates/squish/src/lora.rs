@@ -211,7 +211,8 @@ fn train(args: TrainArgs) -> Result<()> {
     let model = TrainModel::new(&source, &adapter, args.max_seq, squish_model::lora::DType::F32, &device)?;
     let trainable: usize = model.vars().iter().map(|(_, v)| v.elem_count()).sum();
     let form = match model.quantized_matrices() {
-        (0, _) => "f32".to_string(),
+        (0, _) if device.is_cpu() => "f32".to_string(),
+        (0, _) => "bf16".to_string(),
         (q, all) => format!("{q} of {all} matrices quantized, used packed"),
     };
     println!(

@@ -1,10 +1,11 @@
 //! A frozen base matrix W (out, in) of the training model and the two products training
 //! needs: y = x Wᵀ and the input's gradient dx = dy W (W itself gets none). Dense bases are
-//! tensors in the training dtype (on a GPU in bf16, x rounded to it for the product). A squish INT8/INT4/INT3 base stays quantized, in place in
-//! the mmap: its forward runs the kernels inference runs (so training sees what `run`
-//! computes), and its backward dequantizes PANEL_ROWS rows at a time, never the whole matrix
-//! (a 7B INT4 base would be 28 GB in f32). On a GPU an INT4/INT8 base stays packed in device
-//! memory; both products run in bf16 through its kernels and cuBLAS.
+//! tensors in the training dtype (on a GPU in bf16, x rounded to it for the product). A squish
+//! INT8/INT4/INT3 base stays quantized, in place in the mmap: its forward runs the kernels
+//! inference runs (so training sees what `run` computes), and its backward dequantizes
+//! PANEL_ROWS rows at a time, never the whole matrix (a 7B INT4 base would be 28 GB in f32).
+//! On a GPU an INT4/INT8 base stays packed in device memory; both products run in bf16
+//! through its kernels and cuBLAS.
 
 use crate::linear::Weight;
 use crate::ModelError;
