@@ -213,15 +213,15 @@ impl HeadLoss {
 impl TensorOp1 for HeadLoss {
     const NAME: &'static str = "head-cross-entropy";
 
-    /// Σ (logsumexp(logits) − logit[target]) / n, as a scalar in h's dtype.
+    /// −Σ log p[target] / n through `softmax` (the backward's, squish's own on the CPU), as a
+    /// scalar in h's dtype.
     fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let n = h.dim(0)?;
         let mut total = Tensor::zeros((), h.dtype(), h.device())?;
         for chunk in Self::chunks(n, h.device()) {
             let (logits, idx) = self.logits(h, chunk)?;
-            let max = logits.max_keepdim(D::Minus1)?;
-            let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
-            total = (total + (lse - logits.gather(&idx, 1)?)?.sum_all()?)?;
+            let picked = softmax(&logits, false)?.gather(&idx, 1)?.clamp(1e-30, 1.0)?;
+            total = (total - picked.log()?.sum_all()?)?;
         }
         total / n.max(1) as f64
     }
