@@ -6,6 +6,13 @@
 //! the GEMM tile's arithmetic on it. So a token's result has the same bits in a call of
 //! any size, and small batches get the GEMM's efficiency (exact integer block dots for 16
 //! rows at once) instead of the decode kernel's per-row work.
+//!
+//! AMX-INT8 tiles were tried for 2-15 tokens (2026-11-28, Emerald Rapids VM) and not kept:
+//! the activations' per-32-input scales need one `tdpbsud` (K = 32) and one `tilestored`
+//! per block, then this kernel's float work on the stored dots. Measured there, in TSC
+//! cycles per instruction on 8-row tiles: `tdpbsud` 16, `tileloadd` 10-14, `tilestored`
+//! 14-19. Pipelined three stages deep, the same bits came out at 1.0x this kernel's speed
+//! for 8 tokens and 1.2x for 15; block by block, without the pipeline, 1.3-2.5x slower.
 
 use super::int4_gemm::MAGIC;
 use crate::act::ActQ8;
