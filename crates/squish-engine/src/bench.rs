@@ -71,7 +71,7 @@ pub fn bench_streams(model: &Model, streams: usize, p: usize, n: usize) -> Resul
                 caches.iter_mut().zip(&tokens).map(|(cache, t)| Step { tokens: t, cache, adapter: None }).collect();
             let hidden = model.decoder.forward_batch(&mut steps)?;
             let rows: Vec<usize> = (0..streams).collect();
-            next = model.decoder.logits_at(&hidden, &rows)?.iter().map(|l| argmax(l)).collect();
+            next = model.decoder.greedy_at(&hidden, &rows)?;
         }
         Ok(t0.elapsed().as_secs_f64())
     })

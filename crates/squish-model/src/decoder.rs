@@ -393,9 +393,20 @@ impl Decoder {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), hidden.device())?;
-        let picked = hidden.index_select(&idx, 1)?; // (1, rows, hidden)
-        Ok(self.logits(&picked)?.squeeze(0)?.to_vec2()?)
+        Ok(self.logits(&pick_rows(hidden, rows)?)?.squeeze(0)?.to_vec2()?)
+    }
+
+    /// The highest-logit token of each chosen row of `hidden` (1, t, hidden): greedy decoding.
+    /// On a GPU the argmax runs there and only the ids come back, not a vocabulary of logits
+    /// per row; among equal logits the CPU takes the lowest id, a GPU any of them.
+    pub fn greedy_at(&self, hidden: &Tensor, rows: &[usize]) -> Result<Vec<u32>, ModelError> {
+        if hidden.device().is_cpu() {
+            return Ok(self.logits_at(hidden, rows)?.iter().map(|l| crate::argmax(l)).collect());
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.logits(&pick_rows(hidden, rows)?)?.squeeze(0)?.argmax(candle_core::D::Minus1)?.to_vec1()?)
     }
 
     /// q, k, v projections of every step's rows, in order (1, t, heads * head_dim) -> attention
@@ -503,6 +514,12 @@ impl Decoder {
         let dims = (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim);
         Ok(decode_attention(qkv[0], qkv[1], qkv[2], &slots, self.rope.tables(), dims)?)
     }
+}
+
+/// Rows `rows` of `hidden` (1, t, hidden) as (1, rows, hidden).
+fn pick_rows(hidden: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
+    let idx = Tensor::new(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), hidden.device())?;
+    Ok(hidden.index_select(&idx, 1)?)
 }
 
 /// One sequence's share of a batched forward: new tokens to run after those its cache holds.

@@ -40,6 +40,11 @@ impl Sampler {
         Self { params, rng }
     }
 
+    /// Whether `sample` is the plain argmax of the logits (greedy, no repetition penalty).
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0 && self.params.repeat_penalty == 1.0
+    }
+
     /// `history` is every token so far (prompt and output); `logits` has one entry per vocab id.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let p = &self.params;

@@ -23,13 +23,19 @@ const TOLERANCE: f32 = 0.04;
 /// keep bf16), so the two sides differ by more than the compute dtype.
 const QUANTIZED_TOLERANCE: f32 = 0.1;
 
-/// Every position's logits of a fixed token sequence, then 6 greedy tokens through the cache.
+/// Every position's logits of a fixed token sequence (and `greedy_at`'s pick of each, checked
+/// against them), then 6 greedy tokens through the cache.
 fn run(dir: &Path, device: &Device) -> (Vec<Vec<f32>>, Vec<u32>) {
     let model = Model::load(dir, device, Some(128)).unwrap();
     let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 300).collect();
     let mut cache = model.new_cache().unwrap();
     let hidden = model.decoder.forward(&tokens, &mut cache).unwrap();
     let logits = model.decoder.logits(&hidden).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    // The argmax taken on the device picks a largest logit of every row (any of equal ones).
+    let picked = model.decoder.greedy_at(&hidden, &(0..tokens.len()).collect::<Vec<_>>()).unwrap();
+    for (pos, (row, &id)) in logits.iter().zip(&picked).enumerate() {
+        assert_eq!(row[id as usize], row[argmax(row) as usize], "greedy_at on {device:?}, position {pos}");
+    }
     let mut last = logits.last().unwrap().clone();
     let mut greedy = Vec::new();
     for _ in 0..6 {

@@ -180,22 +180,26 @@ fn step(
         Err(e) => return plan.iter().map(|p| (p.seq, Err(format!("the model failed: {e}")))).collect(),
     };
     // Rows whose logits are needed: each decode, the last prompt row, every prompt row when
-    // prompt log-probabilities were asked.
-    let mut wanted = Vec::new();
+    // prompt log-probabilities were asked; greedy sequences' rows only need the argmax.
+    let (mut wanted, mut greedy_rows) = (Vec::new(), Vec::new());
     for p in &plan {
         let s = &running[p.seq];
         let finishes_prompt = s.next.is_none() && s.prefilled + p.len == s.req.prompt.len();
         if s.next.is_none() && s.req.prompt_logprobs {
             wanted.extend(p.row..p.row + p.len);
         } else if s.next.is_some() || finishes_prompt {
-            wanted.push(p.row + p.len - 1);
+            match s.greedy() {
+                true => greedy_rows.push(p.row + p.len - 1),
+                false => wanted.push(p.row + p.len - 1),
+            }
         }
     }
-    let logits = match model.decoder.logits_at(&hidden, &wanted) {
-        Ok(l) => l,
+    let picked = model.decoder.logits_at(&hidden, &wanted).and_then(|l| Ok((l, model.decoder.greedy_at(&hidden, &greedy_rows)?)));
+    let (logits, tokens) = match picked {
+        Ok(p) => p,
         Err(e) => return plan.iter().map(|p| (p.seq, Err(format!("the model failed: {e}")))).collect(),
     };
-    let mut logits = wanted.into_iter().zip(logits);
+    let (mut logits, mut tokens) = (wanted.into_iter().zip(logits), tokens.into_iter());
     let mut ended = Vec::new();
     for p in &plan {
         let s = &mut running[p.seq];
@@ -216,12 +220,14 @@ fn step(
                 continue;
             }
         }
-        let l = match last {
-            Some(l) => l,
-            None => logits.next().expect("a row for every sampling sequence").1,
-        };
+        let (len, ctx) = (caches[s.slot].len(), caches[s.slot].capacity());
         s.next = None;
-        match s.on_logits(l, caches[s.slot].len(), caches[s.slot].capacity()) {
+        let taken = match last {
+            Some(l) => s.on_logits(l, len, ctx),
+            None if s.greedy() => s.on_token(tokens.next().expect("a token for every greedy sequence"), len, ctx),
+            None => s.on_logits(logits.next().expect("a row for every sampling sequence").1, len, ctx),
+        };
+        match taken {
             Ok(None) => {}
             Ok(Some(reason)) => ended.push((p.seq, Ok(reason))),
             Err(e) => ended.push((p.seq, Err(e.to_string()))),

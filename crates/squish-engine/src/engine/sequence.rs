@@ -76,6 +76,18 @@ impl<'m> Sequence<'m> {
         }
     }
 
+    /// Whether the next token is the plain argmax of the logits (greedy sampling, no
+    /// penalties, constraint or log-probabilities): then the model picks it where the logits
+    /// are (`Decoder::greedy_at`) and `on_token` takes it.
+    pub fn greedy(&self) -> bool {
+        self.sampler.is_greedy()
+            && self.constraint.is_none()
+            && self.req.logprobs.is_none()
+            && !self.req.prompt_logprobs
+            && self.req.presence_penalty == 0.0
+            && self.req.frequency_penalty == 0.0
+    }
+
     /// Chooses the next token from the logits after the last one run, and streams it.
     /// `cache_len` is what the cache holds now. Returns how the request ended, if it did.
     pub fn on_logits(&mut self, mut logits: Vec<f32>, cache_len: usize, ctx: usize) -> Result<Option<FinishReason>, ModelError> {
@@ -97,6 +109,19 @@ impl<'m> Sequence<'m> {
         let before = self.req.logprobs.map(|_| logits.clone());
         let token = self.sampler.sample(&mut logits, &self.history);
         let logprob = before.and_then(|l| lp_of(&l, token));
+        self.take(token, logprob, cache_len, ctx)
+    }
+
+    /// `on_logits` for a `greedy` sequence, given the token the model picked.
+    pub fn on_token(&mut self, token: u32, cache_len: usize, ctx: usize) -> Result<Option<FinishReason>, ModelError> {
+        if self.req.max_tokens == 0 {
+            return Ok(Some(FinishReason::Length));
+        }
+        self.take(token, None, cache_len, ctx)
+    }
+
+    /// Streams the chosen token (or ends at it).
+    fn take(&mut self, token: u32, logprob: Option<TokenLogprob>, cache_len: usize, ctx: usize) -> Result<Option<FinishReason>, ModelError> {
         if self.tok.eos().contains(&token) && (!self.req.ignore_eos || self.constraint.is_some()) {
             return Ok(Some(FinishReason::Stop));
         }
