@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use squish_backend::{compute_dtype, QuantMatrix};
 use squish_format::Mapped;
 use squish_quant::int4::Int4Panels;
+use squish_quant::int8::Int8Panels;
 use squish_quant::rotate::Rotation;
 use squish_quant::{f16, int2, int3, int4, int8};
 use std::sync::OnceLock;
@@ -37,7 +38,9 @@ pub enum Weight {
     Int3 { codes: Mapped, params: GroupParams, n: usize, k: usize, group: usize },
     /// `table`: the matrix's codebook (`squish_quant::int2`).
     Int2 { codes: Mapped, params: GroupParams, table: [u8; 32], n: usize, k: usize, group: usize },
-    Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize },
+    /// `panels`: the integer kernel's layout (`squish_quant::int8::Int8Panels`), made by the
+    /// first product (None where the CPU has no AVX512-VNNI).
+    Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int8Panels>> },
     /// An INT4 or INT8 matrix on a GPU; `host` (the mapped original) serves embedding lookups.
     Gpu { host: Box<Weight>, device: QuantMatrix },
 }
@@ -48,7 +51,7 @@ enum View<'a> {
     Int4(int4::Int4Matrix<'a>, Option<&'a Int4Panels>),
     Int3(int3::Int3Matrix<'a>),
     Int2(int2::Int2Matrix<'a>),
-    Int8(int8::Int8Matrix<'a>),
+    Int8(int8::Int8Matrix<'a>, Option<&'a Int8Panels>),
 }
 
 impl Weight {
@@ -63,8 +66,8 @@ impl Weight {
         }
     }
 
-    /// `with_panels`: with INT4's panel layout, made now if not yet (a copy of the codes, so
-    /// only for calls that read it: decode steps, not prefill or training).
+    /// `with_panels`: with the panel layout, made now if not yet (a copy of the codes, so
+    /// only for calls that read it: INT4's decode steps, INT8's products).
     fn view(&self, with_panels: bool) -> Result<View<'_>, ModelError> {
         Ok(match self {
             Weight::Int4 { codes, params, n, k, group, panels } => {
@@ -84,8 +87,13 @@ impl Weight {
                 let (scales, mins) = params.get()?;
                 View::Int2(int2::matrix(codes.bytes(), scales, mins, table, *n, *k, *group).map_err(quant_err)?)
             }
-            Weight::Int8 { codes, scales, n, k, group } => {
-                View::Int8(int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?)
+            Weight::Int8 { codes, scales, n, k, group, panels } => {
+                let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;
+                let p = match with_panels {
+                    true => panels.get_or_init(|| Int8Panels::new(&m)).as_ref(),
+                    false => None,
+                };
+                View::Int8(m, p)
             }
             Weight::Gpu { host, .. } => return host.view(false),
             Weight::Dense(_) => return Err(quant_err("a dense weight has no quantized view")),
@@ -94,11 +102,12 @@ impl Weight {
 
     /// x (t, in) -> out (t, out) through squish-quant's kernels (quantized weights only).
     pub(crate) fn quantized_matmul(&self, x: &[f32], t: usize, out: &mut [f32]) -> Result<(), ModelError> {
-        match self.view(int4::panels_read_for(t))? {
+        let with_panels = matches!(self, Weight::Int8 { .. }) || int4::panels_read_for(t);
+        match self.view(with_panels)? {
             View::Int4(m, panels) => int4::matmul_with_panels(&m, panels, x, t, out),
             View::Int3(m) => int3::matmul(&m, x, t, out),
             View::Int2(m) => int2::matmul(&m, x, t, out),
-            View::Int8(m) => int8::matmul(&m, x, t, out),
+            View::Int8(m, panels) => int8::matmul_with_panels(&m, panels, x, t, out),
         }
         Ok(())
     }
@@ -115,7 +124,7 @@ impl Weight {
             View::Int4(m, _) => int4::dequantize_row(&m, r0 + i, row),
             View::Int3(m) => int3::dequantize_row(&m, r0 + i, row),
             View::Int2(m) => int2::dequantize_row(&m, r0 + i, row),
-            View::Int8(m) => int8::dequantize_row(&m, r0 + i, row),
+            View::Int8(m, _) => int8::dequantize_row(&m, r0 + i, row),
         });
         Ok(())
     }
@@ -179,7 +188,7 @@ impl Linear {
         }
         let packed = match (&rotation, weight.view(false)?) {
             (None, View::Int4(m, _)) => Some(QuantMatrix::int4(m.codes(), m.scales(), m.mins(), m.n(), m.k(), m.g(), device)?),
-            (None, View::Int8(m)) => Some(QuantMatrix::int8(m.codes(), m.scales(), m.n(), m.k(), m.g(), device)?),
+            (None, View::Int8(m, _)) => Some(QuantMatrix::int8(m.codes(), m.scales(), m.n(), m.k(), m.g(), device)?),
             _ => None,
         };
         if let Some(packed) = packed {

@@ -74,7 +74,7 @@ impl<'a> Weights<'a> {
                         let table: [u8; 32] = book.bytes().try_into().map_err(|_| bad(format!("codebook of {} bytes, expected 32", book.bytes().len())))?;
                         Weight::Int2 { codes: part("q2", StDtype::U8)?, params: GroupParams::Expanded { scales, mins }, table, n: out, k: inp, group }
                     }
-                    _ => Weight::Int8 { codes: part("q8", StDtype::I8)?, scales: part("scales", StDtype::F16)?, n: out, k: inp, group },
+                    _ => Weight::Int8 { codes: part("q8", StDtype::I8)?, scales: part("scales", StDtype::F16)?, n: out, k: inp, group, panels: Default::default() },
                 };
                 if let Some(block) = rotation {
                     let signs = part("signs", StDtype::U8)?;

@@ -60,7 +60,7 @@ pub(crate) struct TokenOut<'a> {
 type Parts<'a> = ((((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [f32]), &'a mut [f32]);
 
 /// Below this many inputs one thread quantizes (splitting costs more than it saves).
-const PAR_MIN_ELEMS: usize = 1 << 16;
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
 
 impl ActQ8 {
     /// Quantizes `t` tokens of `k` inputs for weight groups of `g`. Preconditions (checked
@@ -116,7 +116,7 @@ impl ActQ8 {
 }
 
 /// `src` (tokens x cols) into `dst` (cols x tp), zero past the last token.
-fn transpose(src: &[f32], cols: usize, tp: usize, dst: &mut Vec<f32>) {
+pub(crate) fn transpose(src: &[f32], cols: usize, tp: usize, dst: &mut Vec<f32>) {
     dst.clear();
     dst.resize(cols * tp, 0.0);
     for (tok, row) in src.chunks_exact(cols).enumerate() {

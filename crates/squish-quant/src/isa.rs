@@ -16,8 +16,9 @@
 //!
 //! The VNNI paths differ from `Avx2` only in the INT4 kernel, and give its exact integer
 //! sums (so bit-identical results); INT8 and the activation quantizer run the AVX2 code.
-//! The exception: `Avx512Vnni` runs INT4 calls of 16+ tokens on `x86::int4_gemm` (512-bit
-//! dots in tiles of 16 rows x 8 tokens, another float summation order).
+//! The exceptions: `Avx512Vnni` runs INT4 calls of 16+ tokens on `x86::int4_gemm` (512-bit
+//! dots in tiles of 16 rows x 8 tokens, another float summation order), and INT8 calls
+//! given panels on `x86::int8_panels` (integer dots on two int8 activation levels).
 //! `SQUISH_ISA` (scalar, avx2, avxvnni, avx512vnni; on aarch64 scalar, neon, dotprod), read once, caps the choice at that
 //! path: for comparisons and for testing a CPU's fallbacks.
 

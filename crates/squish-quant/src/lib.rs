@@ -16,7 +16,9 @@
 //!   (`grouped::Layout::TABLE`), its blocks unpacked by two in-register table shuffles,
 //!   its quantizer a weighted k-means, a scale search and GPTQ over column pairs.
 //! - [`int8`]: symmetric 8-bit, group-wise (f16 scale per group); its matmul keeps
-//!   activations in f32.
+//!   activations in f32, or, on AVX512-VNNI with the matrix in panels
+//!   (`int8::Int8Panels`), rounds them to two int8 levels per block of 32 (the second the
+//!   first's rounding error) for integer dot products.
 //! - [`rotate`]: a randomized Hadamard rotation of a matrix's input dimension, which a
 //!   converter applies to the weights (and their Hessian) and a caller to each token's
 //!   activations before any of the matmuls above: outliers spread, so low-bit groups fit.
@@ -49,6 +51,7 @@ pub mod int4;
 pub mod int8;
 mod isa;
 mod matmul;
+mod panels;
 pub mod params8;
 pub mod rotate;
 pub mod team;

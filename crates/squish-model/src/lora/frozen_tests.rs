@@ -69,10 +69,11 @@ fn quantized(scheme: Scheme, name: &str, out: usize, inp: usize) -> (Weight, Vec
 #[test]
 fn quantized_frozen_products_match_the_dequantized_matrix() {
     // lm_head (320 x 64) spans two panels, the second partial; down_proj has k = 128. INT8's
-    // kernel keeps activations in f32; INT4's and INT3's round them to int8 per block of 32,
-    // which costs about 0.5% relative RMS (measured 5.2e-3 here; squish-quant's kernel tests
-    // hold it under 6.5e-3 on Gaussian inputs).
-    for (scheme, fwd_tol) in [(Scheme::Int8, 1e-6), (Scheme::Int4, 8e-3), (Scheme::Int3, 8e-3)] {
+    // kernel keeps activations in f32, or on AVX512-VNNI rounds them to two int8 levels per
+    // block of 32 (measured 1.9e-5 relative RMS here); INT4's and INT3's round them to one,
+    // which costs about 0.5% (measured 5.2e-3 here; squish-quant's kernel tests hold it
+    // under 6.5e-3 on Gaussian inputs).
+    for (scheme, fwd_tol) in [(Scheme::Int8, 1e-4), (Scheme::Int4, 8e-3), (Scheme::Int3, 8e-3)] {
         for (name, n, k) in [("lm_head", 320, 64), ("model.layers.1.mlp.down_proj", 64, 128)] {
             let (w, dense) = quantized(scheme, name, n, k);
             let frozen = FrozenWeight::new(w, DType::F32).unwrap();

@@ -114,35 +114,15 @@ fn scalar_dot<L: Layout>(w: &GroupedMatrix<L>, a: &ActQ8, r: usize, tok: usize) 
     y
 }
 
-/// An INT4 matrix laid out for the CPU's panel kernel (AVX512-VNNI; see
-/// `x86::int4_panels`): built once, then `matmul_panels` runs every call, one token or a
-/// prompt, with the prefill GEMM's arithmetic and no per-call repack. None on CPUs
-/// without it (or with `SQUISH_ISA` capping below it): use `matmul` on the matrix.
-pub struct Int4Panels {
-    #[cfg(target_arch = "x86_64")]
-    inner: crate::x86::int4_panels::Panels,
-    #[cfg(not(target_arch = "x86_64"))]
-    _never: std::convert::Infallible,
-}
-
-impl Int4Panels {
-    pub fn new(w: &Int4Matrix) -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
-        if detect() == Isa::Avx512Vnni {
-            return Some(Self { inner: crate::x86::int4_panels::Panels::new(w) });
-        }
-        let _ = w;
-        None
-    }
-
-    /// Memory held, in bytes.
-    pub fn bytes(&self) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        return self.inner.bytes();
-        #[cfg(not(target_arch = "x86_64"))]
-        match self._never {}
-    }
-}
+crate::panels::panels_handle!(
+    /// An INT4 matrix laid out for the CPU's panel kernel (AVX512-VNNI; see
+    /// `x86::int4_panels`): built once, then `matmul_with_panels` runs every call, one token
+    /// or a prompt, with the prefill GEMM's arithmetic and no per-call repack. None on CPUs
+    /// without it (or with `SQUISH_ISA` capping below it): use `matmul` on the matrix.
+    Int4Panels,
+    Int4Matrix,
+    int4_panels
+);
 
 /// Whether `matmul_with_panels` reads its panels for a call of `t` tokens: only below 16
 /// (larger calls run the prefill GEMM on the matrix itself), and only on x86-64. A caller

@@ -1,6 +1,10 @@
 //! The INT8 matmul entry: splits the output over threads and runs each task on the AVX2
 //! kernel, the aarch64 NEON one or the portable scalar one. Activations stay f32; weights
 //! are dequantized exactly as `dequantize` does (scale · q) and multiplied in.
+//!
+//! On AVX512-VNNI, a matrix laid out once in panels (`Int8Panels`) runs every call on
+//! integer dots instead (`x86::int8_panels`): activations quantized to two int8 levels per
+//! block of 32 (`int8::residual`), exact block dots scaled in f32.
 
 use super::{dequant, Int8Matrix};
 use crate::isa::{detect, Isa};
@@ -64,4 +68,58 @@ fn scalar_dot(w: &Int8Matrix, x: &[f32], r: usize, tok: usize) -> f32 {
         y += cg.iter().zip(xg).map(|(&q, &xv)| dequant(s, q) * xv).sum::<f32>();
     }
     y
+}
+
+crate::panels::panels_handle!(
+    /// An INT8 matrix laid out for the CPU's integer kernel (AVX512-VNNI; see
+    /// `x86::int8_panels`): built once (a copy of the codes), then `matmul_with_panels` runs
+    /// every call on it. None on CPUs without AVX512-VNNI (or with `SQUISH_ISA` capping below
+    /// it): use `matmul` on the matrix.
+    Int8Panels,
+    Int8Matrix,
+    int8_panels
+);
+
+/// `matmul` on `panels` (the same matrix laid out by `Int8Panels::new`) where given: the
+/// activations are quantized to two int8 levels per block of 32 (`int8::residual`) and
+/// every product is an exact integer block dot times (weight scale · activation scale), the
+/// same bits for a token in a call of any size. Without panels this is `matmul`.
+///
+/// Panics if `x.len() != t*K` or `out.len() != t*N`, or if `panels` is not `w`'s shape.
+pub fn matmul_with_panels(w: &Int8Matrix, panels: Option<&Int8Panels>, x: &[f32], t: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = panels {
+        let p = &p.inner;
+        assert!(p.n() == w.n() && p.k() == w.k() && p.g() == w.g(), "int8 panels of another shape");
+        check_io("int8 matmul", p.n(), p.k(), x, t, out);
+        if t == 0 || p.n() == 0 {
+            return;
+        }
+        crate::act::with_scratch(|a| {
+            a.quantize(Isa::Avx512Vnni, x, t, p.k(), p.g());
+            with_residual(|r| {
+                r.quantize(a, x);
+                let (a, r) = (&*a, &*r);
+                // SAFETY: panels exist only where `detect` found AVX512-VNNI (`new`).
+                let task = |r0, t0, outs: &mut [&mut [f32]]| unsafe { crate::x86::int8_panels::task(p, a, r, r0, t0, outs) };
+                crate::matmul::run_aligned(p.n(), p.k(), p.k(), t, out, crate::x86::int8_panels::PANEL, task);
+            });
+        });
+        return;
+    }
+    let _ = panels;
+    matmul(w, x, t, out);
+}
+
+/// Runs `f` with this thread's reusable second activation level (as `act::with_scratch`).
+#[cfg(target_arch = "x86_64")]
+fn with_residual<R>(f: impl FnOnce(&mut super::residual::Residual) -> R) -> R {
+    use std::cell::Cell;
+    thread_local! {
+        static SCRATCH: Cell<super::residual::Residual> = Cell::new(Default::default());
+    }
+    let mut buf = SCRATCH.with(Cell::take);
+    let r = f(&mut buf);
+    SCRATCH.with(|c| c.set(buf));
+    r
 }

@@ -10,8 +10,10 @@
 mod kernel;
 mod quant;
 mod reference;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod residual;
 
-pub use kernel::{matmul, matmul_scalar};
+pub use kernel::{matmul, matmul_scalar, matmul_with_panels, Int8Panels};
 #[cfg(test)]
 pub(crate) use kernel::matmul_with;
 pub use quant::{quantize, quantize_absmax, quantize_with_error};

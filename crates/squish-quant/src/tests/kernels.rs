@@ -151,6 +151,65 @@ fn int8_kernels_match_the_reference() {
     eprintln!("int8 kernels: worst |Δ| vs exact {worst_rel:.2e} of Σ|wx|");
 }
 
+/// The INT8 panel kernel (AVX512-VNNI only; skipped elsewhere): every output within
+/// float rounding of the exact sum (f64) over the two int8 activation levels, within 1e-3
+/// of Σ|wx| of the f32 product (with 20x outlier channels), and a token's bits the same in
+/// a call of any size and on any number of threads; on shapes with partial panels and
+/// group sizes 32 to 128.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn int8_panels_match_the_quantized_reference_for_any_batch() {
+    if int8::Int8Panels::new(&int8::quantize(&[0.5; 64], 2, 32, 32, None).view()).is_none() {
+        eprintln!("no AVX512-VNNI here: the INT8 panel kernel is not used");
+        return;
+    }
+    let mut worst = (0.0f64, 0.0f64);
+    for (n, k, g, seed) in [(1000, 576, 32, 1), (17, 1536, 128, 2), (35, 96, 32, 3), (576, 1536, 64, 4)] {
+        let t = 40;
+        let mut rng = Rng::new(300 + seed);
+        let q = int8::quantize(&rng.gauss_vec(n * k, 0.05), n, k, g, None);
+        let mut x = rng.gauss_vec(t * k, 1.0);
+        x.iter_mut().step_by(37).for_each(|v| *v *= 20.0); // outlier channels
+        let w = q.view();
+        let p = int8::Int8Panels::new(&w).expect("AVX512-VNNI");
+        let mut all = vec![0.0; t * n];
+        on_pool(2, || int8::matmul_with_panels(&w, Some(&p), &x, t, &mut all));
+        // References: f64 over the activation codes of both levels, and the f32 product.
+        let mut a = ActQ8::default();
+        a.quantize(Isa::Scalar, &x, t, k, g);
+        let mut r = int8::residual::Residual::default();
+        r.quantize(&a, &x);
+        let mut exact = vec![0.0; t * n];
+        int8::matmul_ref(&w, &x, t, &mut exact);
+        let scale = abs_dots(&int8::dequantize(&w), &x, n, k, t);
+        for tok in 0..t {
+            for row in 0..n {
+                let mut want = 0.0f64;
+                for b in 0..k / 32 {
+                    let dot = |codes: &[i8]| -> f64 {
+                        (0..32).map(|j| w.codes()[row * k + 32 * b + j] as i64 * codes[tok * k + 32 * b + j] as i64).sum::<i64>() as f64
+                    };
+                    let s = w.scales()[row * (k / g) + 32 * b / g].to_f32() as f64;
+                    want += s * (a.scale(tok, b) as f64 * dot(&a.q) + r.d2[b * a.tp + tok] as f64 * dot(&r.q2));
+                }
+                let (got, i) = (all[tok * n + row] as f64, tok * n + row);
+                let (rounding, quantized) = ((got - want).abs() / scale[i], (got - exact[i] as f64).abs() / scale[i]);
+                assert!(rounding <= 1e-5 && quantized <= 1e-3, "n{n} k{k} g{g} [{tok}, {row}]: {got} vs {want} (codes), {} (f32)", exact[i]);
+                worst = (worst.0.max(rounding), worst.1.max(quantized));
+            }
+        }
+        for (from, len) in [(0, 1), (5, 1), (39, 1), (3, 2), (8, 7), (16, 8), (1, 15), (20, 16)] {
+            let mut o = vec![0.0; len * n];
+            on_pool(2, || int8::matmul_with_panels(&w, Some(&p), &x[from * k..(from + len) * k], len, &mut o));
+            assert_eq!(&all[from * n..(from + len) * n], &o[..], "n{n} k{k} g{g}: tokens {from}..+{len}");
+        }
+        let mut one = vec![0.0; n];
+        on_pool(1, || int8::matmul_with_panels(&w, Some(&p), &x[..k], 1, &mut one));
+        assert_eq!(&all[..n], &one[..], "n{n} k{k} g{g}: one thread");
+    }
+    eprintln!("int8 panels: worst |Δ| of Σ|wx|: {:.1e} vs the two-level int8 sum, {:.1e} vs the f32 product", worst.0, worst.1);
+}
+
 /// Whether `isa` runs calls of `t` tokens on the prefill kernel (`x86::int4_gemm`), whose
 /// float summation order differs from the other kernels' in the last bits.
 pub(super) fn int4_gemm(isa: Isa, t: usize) -> bool {

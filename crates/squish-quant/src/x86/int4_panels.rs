@@ -22,13 +22,15 @@ use core::arch::x86_64::*;
 /// Rows per panel.
 pub(crate) const PANEL: usize = 16;
 /// Tokens per tile.
-const TT: usize = 8;
-/// Software prefetch distance in 64-input blocks (512 bytes of lines each).
-const AHEAD: usize = 4;
+pub(super) const TT: usize = 8;
+/// Software prefetch distance in blocks (512 bytes of lines each: 64 inputs here, 32 in
+/// the INT8 panels).
+pub(super) const AHEAD: usize = 4;
 
+/// One 512-bit line of a panel: a 32-bit lane per row.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(super) struct Line(pub(super) [u8; 64]);
 
 /// The panel layout of one matrix.
 pub struct Panels {
@@ -225,7 +227,7 @@ macro_rules! dpbusd_broadcast {
     ($name:ident, $disp:literal) => {
         #[target_feature(enable = "avx512f,avx512vnni")]
         #[inline]
-        unsafe fn $name(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
+        pub(super) unsafe fn $name(acc: __m512i, w: __m512i, x: *const i8, off: usize) -> __m512i {
             let mut acc = acc;
             core::arch::asm!(
                 concat!("vpdpbusd {acc}, {w}, dword ptr [{x} + {off} + ", $disp, "]{{1to16}}"),
@@ -239,7 +241,8 @@ macro_rules! dpbusd_broadcast {
         }
     };
 }
-// The low block's activations, and the high block's 32 bytes on.
+// The low block's activations, and the high block's 32 bytes on (the INT8 panels
+// (`x86::int8_panels`) use the first).
 dpbusd_broadcast!(dpbusd_broadcast, 0);
 dpbusd_broadcast!(dpbusd_broadcast_32, 32);
 

@@ -12,6 +12,7 @@ pub(crate) mod int4;
 pub(crate) mod int4_gemm;
 pub(crate) mod int4_panels;
 pub(crate) mod int8;
+pub(crate) mod int8_panels;
 
 use core::arch::x86_64::*;
 
