@@ -38,6 +38,24 @@ impl Mapped {
         self.cast::<half::f16>()
     }
 
+    /// Hands this tensor's resident pages back to the kernel once a copy has replaced it
+    /// (the INT8 kernel's panels): they stay in the page cache, and a later read (an
+    /// embedding row, a GPU upload) maps them again. Only whole pages inside the tensor.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+            let (start, end) = ((self.ptr as usize).next_multiple_of(page), (self.ptr as usize + self.len) / page * page);
+            if end > start {
+                // SAFETY: the range lies inside the read-only file mapping `_owner` keeps
+                // alive; dropping clean file pages loses nothing (the next access faults
+                // them back in from the file).
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
+        }
+    }
+
     pub fn as_i8(&self) -> &[i8] {
         // SAFETY: i8 and u8 have the same size and alignment.
         unsafe { std::slice::from_raw_parts(self.ptr as *const i8, self.len) }

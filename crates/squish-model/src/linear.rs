@@ -90,7 +90,8 @@ impl Weight {
             Weight::Int8 { codes, scales, n, k, group, panels } => {
                 let m = int8::Int8Matrix::new(codes.as_i8(), scales.as_f16()?, *n, *k, *group).map_err(quant_err)?;
                 let p = match with_panels {
-                    true => panels.get_or_init(|| Int8Panels::new(&m)).as_ref(),
+                    // The panels replace the mapped codes for products: their pages go back.
+                    true => panels.get_or_init(|| Int8Panels::new(&m).inspect(|_| codes.release())).as_ref(),
                     false => None,
                 };
                 View::Int8(m, p)
