@@ -134,9 +134,15 @@ thread_local! {
 /// nothing once warm. Re-entrant: a nested call (rayon work-stealing into another matmul
 /// on this thread) finds the cell empty and just uses a fresh buffer.
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut ActQ8) -> R) -> R {
-    let mut buf = SCRATCH.with(Cell::take);
+    with_reused(&SCRATCH, f)
+}
+
+/// Runs `f` with the buffer in this thread's `cell`, taken out for the call and put back
+/// after (a nested call meets an empty cell and gets a fresh buffer).
+pub(crate) fn with_reused<T: Default, R>(cell: &'static std::thread::LocalKey<Cell<T>>, f: impl FnOnce(&mut T) -> R) -> R {
+    let mut buf = cell.with(Cell::take);
     let r = f(&mut buf);
-    SCRATCH.with(|c| c.set(buf));
+    cell.with(|c| c.set(buf));
     r
 }
 

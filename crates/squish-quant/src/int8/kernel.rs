@@ -114,12 +114,8 @@ pub fn matmul_with_panels(w: &Int8Matrix, panels: Option<&Int8Panels>, x: &[f32]
 /// Runs `f` with this thread's reusable second activation level (as `act::with_scratch`).
 #[cfg(target_arch = "x86_64")]
 fn with_residual<R>(f: impl FnOnce(&mut super::residual::Residual) -> R) -> R {
-    use std::cell::Cell;
     thread_local! {
-        static SCRATCH: Cell<super::residual::Residual> = Cell::new(Default::default());
+        static SCRATCH: std::cell::Cell<super::residual::Residual> = Default::default();
     }
-    let mut buf = SCRATCH.with(Cell::take);
-    let r = f(&mut buf);
-    SCRATCH.with(|c| c.set(buf));
-    r
+    crate::act::with_reused(&SCRATCH, f)
 }
