@@ -256,6 +256,8 @@ unsafe fn attend_avx512<E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut 
 /// horizontal add, each output row C accumulators kept in registers over all keys, and the
 /// exponentials 16 at a time. Auto-vectorized, the scores' reductions and the scalar exp
 /// (its float-to-int cast) made decode attention a quarter of a batched step.
+/// The caches are read from memory once per step, so the first head's score pass prefetches
+/// the value rows, and the value pass serves several heads per value row (`weigh_values`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
@@ -264,6 +266,7 @@ unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f
     let (stride, seen) = (*stride, *seen);
     scores.clear();
     scores.resize(qs.len() * seen, 0.0); // [g][j]
+    let mut totals = vec![0f32; qs.len()];
     for (g, qg) in qs.iter().enumerate() {
         let qv: [__m512; C] = core::array::from_fn(|c| _mm512_loadu_ps(qg.as_ptr().add(16 * c)));
         let row = &mut scores[g * seen..(g + 1) * seen];
@@ -279,10 +282,16 @@ unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f
         let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
         let blocks = seen / 16;
         for b in 0..blocks {
+            if g == 0 {
+                prefetch_rows::<C, E>(v.as_ptr().add(16 * b * stride), stride, 16);
+            }
             let acc: [__m512; 16] = core::array::from_fn(|i| dot(16 * b + i));
             let s = _mm512_mul_ps(sum_lanes16(&acc), _mm512_set1_ps(*scale));
             _mm512_storeu_ps(row.as_mut_ptr().add(16 * b), s);
             vmax = _mm512_max_ps(vmax, s);
+        }
+        if g == 0 {
+            prefetch_rows::<C, E>(v.as_ptr().add(16 * blocks * stride), stride, seen - 16 * blocks);
         }
         let mut max = _mm512_reduce_max_ps(vmax);
         for (j, s) in row.iter_mut().enumerate().skip(16 * blocks) {
@@ -296,22 +305,63 @@ unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f
             _mm512_storeu_ps(ch.as_mut_ptr(), e);
             sum = _mm512_add_ps(sum, e);
         }
-        let mut total = _mm512_reduce_add_ps(sum);
+        totals[g] = _mm512_reduce_add_ps(sum);
         for x in chunks.into_remainder() {
             *x = crate::activation::exp(*x - max);
-            total += *x;
+            totals[g] += *x;
         }
-        let mut acc = [_mm512_setzero_ps(); C];
-        for (j, &p) in row.iter().enumerate() {
-            let (p, vj) = (_mm512_set1_ps(p), v.as_ptr().add(j * stride));
+    }
+    // Heads per pass: their accumulators (H x C) and one value row fit the 32 registers.
+    let per_pass = (16 / C).max(1);
+    for g0 in (0..qs.len()).step_by(per_pass) {
+        let heads = per_pass.min(qs.len() - g0);
+        let (p, og, t) = (&scores[g0 * seen..], o.as_mut_ptr().add(g0 * 16 * C), &totals[g0..]);
+        match heads {
+            1 => weigh_values::<C, 1, E>(p, seen, v, stride, t, og),
+            2 => weigh_values::<C, 2, E>(p, seen, v, stride, t, og),
+            3 => weigh_values::<C, 3, E>(p, seen, v, stride, t, og),
+            _ => weigh_values::<C, 4, E>(p, seen, v, stride, t, og),
+        }
+    }
+}
+
+/// o_h = Σ_j p[h][j] v_j / total_h for H consecutive heads: each value row is loaded and
+/// widened once for all of them, and the H x C accumulator chains are independent (one
+/// head alone waits on its C chains' FMA latency). Per head, the same FMAs in the same
+/// order as alone. `p` holds the heads' rows `seen` apart; `o` H x (16 C) floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weigh_values<const C: usize, const H: usize, E: Elem>(p: &[f32], seen: usize, v: &[E], stride: usize, totals: &[f32], o: *mut f32) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); C]; H];
+    for j in 0..seen {
+        let vj = v.as_ptr().add(j * stride);
+        let row: [__m512; C] = core::array::from_fn(|c| E::load16(vj.add(16 * c)));
+        for h in 0..H {
+            let w = _mm512_set1_ps(*p.get_unchecked(h * seen + j));
             for c in 0..C {
-                acc[c] = _mm512_fmadd_ps(p, E::load16(vj.add(16 * c)), acc[c]);
+                acc[h][c] = _mm512_fmadd_ps(w, row[c], acc[h][c]);
             }
         }
-        let inv = _mm512_set1_ps(1.0 / total);
-        let og = o.as_mut_ptr().add(g * 16 * C);
+    }
+    for h in 0..H {
+        let inv = _mm512_set1_ps(1.0 / totals[h]);
         for c in 0..C {
-            _mm512_storeu_ps(og.add(16 * c), _mm512_mul_ps(acc[c], inv));
+            _mm512_storeu_ps(o.add(16 * (h * C + c)), _mm512_mul_ps(acc[h][c], inv));
+        }
+    }
+}
+
+/// Asks for `n` rows of 16 C values `stride` apart into the cache ahead of their use.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_rows<const C: usize, E: Elem>(first: *const E, stride: usize, n: usize) {
+    use core::arch::x86_64::*;
+    let bytes = 16 * C * std::mem::size_of::<E>();
+    for j in 0..n {
+        let row = first.add(j * stride).cast::<i8>();
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(line));
         }
     }
 }
@@ -458,15 +508,16 @@ mod tests {
             .collect()
     }
 
-    /// Every path (zmm for head dims 64 and 128, the generic body otherwise) against attention
-    /// in f64, with keys and values read from a cache-like tensor wider than the keys in use,
-    /// stored as f32 and as f16 (the reference then reads the f16-rounded values).
+    /// Every path (zmm for head dims 64 and 128, their value passes over 1-4 heads, the
+    /// generic body otherwise) against attention in f64, with keys and values read from a
+    /// cache-like tensor wider than the keys in use, stored as f32 and as f16 (the reference
+    /// then reads the f16-rounded values).
     #[test]
     fn decode_attention_matches_f64_reference() {
         let dev = Device::Cpu;
         for dtype in [candle_core::DType::F32, candle_core::DType::F16] {
         let stored = |x: Vec<f32>| -> Vec<f32> { if dtype == candle_core::DType::F16 { x.into_iter().map(|v| f16::from_f32(v).to_f32()).collect() } else { x } };
-        for (heads, kv_heads, d) in [(9, 3, 64), (4, 4, 128), (6, 2, 48)] {
+        for (heads, kv_heads, d) in [(9, 3, 64), (14, 2, 64), (4, 4, 128), (8, 2, 128), (6, 2, 48)] {
             for (q_len, start) in [(1, 0), (1, 37), (5, 12)] {
                 let (kv_len, cap) = (start + q_len, start + q_len + 9);
                 let q = Tensor::from_vec(values(heads * q_len * d, 1), (1, heads, q_len, d), &dev).unwrap();
