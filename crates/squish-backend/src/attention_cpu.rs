@@ -256,8 +256,9 @@ unsafe fn attend_avx512<E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut 
 /// horizontal add, each output row C accumulators kept in registers over all keys, and the
 /// exponentials 16 at a time. Auto-vectorized, the scores' reductions and the scalar exp
 /// (its float-to-int cast) made decode attention a quarter of a batched step.
-/// The caches are read from memory once per step, so the first head's score pass prefetches
-/// the value rows, and the value pass serves several heads per value row (`weigh_values`).
+/// A batched step reads the caches from memory once, so each key and value row is widened
+/// once for all the heads sharing it, and the value rows are prefetched while the scores
+/// are computed (together a third off attention at 160 keys, more on longer contexts).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f32>, o: &mut [f32]) {
@@ -266,36 +267,41 @@ unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f
     let (stride, seen) = (*stride, *seen);
     scores.clear();
     scores.resize(qs.len() * seen, 0.0); // [g][j]
-    let mut totals = vec![0f32; qs.len()];
-    for (g, qg) in qs.iter().enumerate() {
-        let qv: [__m512; C] = core::array::from_fn(|c| _mm512_loadu_ps(qg.as_ptr().add(16 * c)));
-        let row = &mut scores[g * seen..(g + 1) * seen];
-        let dot = |j: usize| {
-            let kj = k.as_ptr().add(j * stride);
-            let mut acc = _mm512_mul_ps(qv[0], E::load16(kj));
-            for c in 1..C {
-                acc = _mm512_fmadd_ps(qv[c], E::load16(kj.add(16 * c)), acc);
-            }
-            acc
-        };
-        // Sixteen keys at a time: their lane sums come out of one transpose-and-add.
-        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-        let blocks = seen / 16;
-        for b in 0..blocks {
-            if g == 0 {
-                prefetch_rows::<C, E>(v.as_ptr().add(16 * b * stride), stride, 16);
-            }
-            let acc: [__m512; 16] = core::array::from_fn(|i| dot(16 * b + i));
+    let group = qs.len();
+    let dot = |qg: &[f32], kj: *const E| {
+        let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qg.as_ptr()), E::load16(kj));
+        for c in 1..C {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg.as_ptr().add(16 * c)), E::load16(kj.add(16 * c)), acc);
+        }
+        acc
+    };
+    // Sixteen keys at a time, widened once for all heads: their lane sums come out of one
+    // transpose-and-add per head.
+    let mut vmax = vec![_mm512_set1_ps(f32::NEG_INFINITY); group];
+    let blocks = seen / 16;
+    for b in 0..blocks {
+        prefetch_rows::<C, E>(v.as_ptr().add(16 * b * stride), stride, 16);
+        let keys: [[__m512; C]; 16] = core::array::from_fn(|i| core::array::from_fn(|c| E::load16(k.as_ptr().add((16 * b + i) * stride + 16 * c))));
+        for (g, qg) in qs.iter().enumerate() {
+            let acc: [__m512; 16] = core::array::from_fn(|i| {
+                let mut acc = _mm512_mul_ps(_mm512_loadu_ps(qg.as_ptr()), keys[i][0]);
+                for c in 1..C {
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(qg.as_ptr().add(16 * c)), keys[i][c], acc);
+                }
+                acc
+            });
             let s = _mm512_mul_ps(sum_lanes16(&acc), _mm512_set1_ps(*scale));
-            _mm512_storeu_ps(row.as_mut_ptr().add(16 * b), s);
-            vmax = _mm512_max_ps(vmax, s);
+            _mm512_storeu_ps(scores.as_mut_ptr().add(g * seen + 16 * b), s);
+            vmax[g] = _mm512_max_ps(vmax[g], s);
         }
-        if g == 0 {
-            prefetch_rows::<C, E>(v.as_ptr().add(16 * blocks * stride), stride, seen - 16 * blocks);
-        }
-        let mut max = _mm512_reduce_max_ps(vmax);
+    }
+    prefetch_rows::<C, E>(v.as_ptr().add(16 * blocks * stride), stride, seen - 16 * blocks);
+    let mut totals = vec![0f32; group];
+    for (g, qg) in qs.iter().enumerate() {
+        let row = &mut scores[g * seen..(g + 1) * seen];
+        let mut max = _mm512_reduce_max_ps(vmax[g]);
         for (j, s) in row.iter_mut().enumerate().skip(16 * blocks) {
-            *s = _mm512_reduce_add_ps(dot(j)) * scale;
+            *s = _mm512_reduce_add_ps(dot(qg, k.as_ptr().add(j * stride))) * scale;
             max = max.max(*s);
         }
         let mut sum = _mm512_setzero_ps();
