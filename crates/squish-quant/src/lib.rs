@@ -37,6 +37,8 @@
 //! prefill kernel whose float summation order differs, so there a token's result is the
 //! same in every batch of 16+ tokens and the same in every batch of fewer, but the two
 //! differ in the last bits (both within the same tolerance of `int4::matmul_ref_q8`).
+//! With `int4::Int4Panels` (what the model uses) every call computes the prefill kernel's
+//! bits: under 64 tokens on the panels, from 64 on in the prefill kernel.
 
 // `is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
 #![allow(clippy::manual_is_multiple_of)]

@@ -2,7 +2,8 @@
 //! runs each task on an x86 kernel (AVX512-VNNI, AVX-VNNI or AVX2: the same integer sums,
 //! the same results) or the portable scalar one (the same sums). On AVX512-VNNI, calls of
 //! `GEMM_MIN_T` (16) tokens or more take the prefill kernel `x86::int4_gemm` instead (the
-//! same integer sums, another float summation order). On aarch64 it runs `aarch64::int4`
+//! same integer sums, another float summation order), and with `Int4Panels` calls under
+//! 64 tokens run the GEMM's arithmetic on the panels. On aarch64 it runs `aarch64::int4`
 //! (NEON integer dots, the scalar path's float operations: bit-identical to it).
 
 use super::Int4Matrix;
@@ -124,12 +125,12 @@ crate::panels::panels_handle!(
     int4_panels
 );
 
-/// Whether `matmul_with_panels` reads its panels for a call of `t` tokens: only below 16
+/// Whether `matmul_with_panels` reads its panels for a call of `t` tokens: only below 64
 /// (larger calls run the prefill GEMM on the matrix itself), and only on x86-64. A caller
 /// can put off making panels (a copy of the matrix) until a call reads them.
 pub fn panels_read_for(t: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return t < crate::x86::int4_gemm::GEMM_MIN_T;
+    return t < crate::x86::int4_panels::PANELS_BELOW_T;
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = t;
@@ -138,7 +139,7 @@ pub fn panels_read_for(t: usize) -> bool {
 }
 
 /// `matmul`, taking `panels` (the same matrix laid out by `Int4Panels::new`) for calls of
-/// fewer than 16 tokens: they then compute exactly what the prefill GEMM computes for
+/// fewer than 64 tokens: they then compute exactly what the prefill GEMM computes for
 /// larger calls, at the GEMM's efficiency, so every token's result is the same whatever
 /// the call's size. Without panels this is `matmul`.
 ///

@@ -165,7 +165,7 @@ fn int8_panels_match_the_quantized_reference_for_any_batch() {
     }
     let mut worst = (0.0f64, 0.0f64);
     for (n, k, g, seed) in [(1000, 576, 32, 1), (17, 1536, 128, 2), (35, 96, 32, 3), (576, 1536, 64, 4)] {
-        let t = 40;
+        let t = 40; // under PANELS_BELOW_T: every call below reads the panels
         let mut rng = Rng::new(300 + seed);
         let q = int8::quantize(&rng.gauss_vec(n * k, 0.05), n, k, g, None);
         let mut x = rng.gauss_vec(t * k, 1.0);
@@ -399,7 +399,7 @@ fn int4_neon_paths_match_scalar_bit_for_bit() {
     eprintln!("int4 aarch64 paths checked against scalar: {paths:?}");
 }
 
-/// The panel layout (AVX512-VNNI only; skipped elsewhere): calls under 16 tokens give bit
+/// The panel layout (AVX512-VNNI only; skipped elsewhere): calls under 64 tokens give bit
 /// for bit what the prefill GEMM gives for the same tokens in a larger call (so a token's
 /// result is the same alone or in any batch), on shapes with partial panels and group
 /// sizes 32 to 128.

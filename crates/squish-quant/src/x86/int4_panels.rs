@@ -23,6 +23,12 @@ use core::arch::x86_64::*;
 pub(crate) const PANEL: usize = 16;
 /// Tokens per tile.
 pub(super) const TT: usize = 8;
+/// Calls of fewer tokens run on the panels; larger ones run the prefill GEMM, which
+/// repacks each task's rows. Measured on SmolLM2's 30 layers plus head at 2 threads
+/// (2026-11-28): the panels took 12.9 ms for 16 tokens where the GEMM took 25.4, 26.5
+/// against 38.7 for 32, and the same for 64. So a 16-stream decode step (the GEMM's
+/// threshold was 16) ran at 415 tokens/s, slower than 8 streams; on the panels at 725.
+pub(crate) const PANELS_BELOW_T: usize = 64;
 /// Software prefetch distance in blocks (512 bytes of lines each: 64 inputs here, 32 in
 /// the INT8 panels).
 pub(super) const AHEAD: usize = 4;
