@@ -40,14 +40,19 @@ pub fn causal_attention_cpu_many(items: &[(&Tensor, &Tensor, &Tensor, usize)]) -
         };
         views.push(view);
     }
-    let outs = attend_views(&views); // (q_len, heads, d) each
-    let tensors = outs
-        .into_iter()
-        .zip(items)
-        .zip(&views)
-        .map(|((out, (q, ..)), v)| Tensor::from_vec(out, (1, v.q_len, v.heads * v.d), q.device()))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Some(tensors))
+    let rows: usize = views.iter().map(|v| v.q_len).sum();
+    let Some(((q, ..), v)) = items.first().zip(views.first()) else {
+        return Ok(Some(Vec::new()));
+    };
+    let mut out = vec![0f32; rows * v.heads * v.d];
+    attend_views(&views, &mut out);
+    let all = Tensor::from_vec(out, (1, rows, v.heads * v.d), q.device())?;
+    let mut row = 0;
+    let tensors = views.iter().map(|v| {
+        row += v.q_len;
+        all.narrow(1, row - v.q_len, v.q_len)
+    });
+    Ok(Some(tensors.collect::<candle_core::Result<Vec<_>>>()?))
 }
 
 /// Decode attention for a batch straight from caches that already hold the new keys and
@@ -67,18 +72,23 @@ pub fn attention_from_caches(q: &[f32], heads: usize, d: usize, caches: &[(&Tens
         views.push(view);
         row += t;
     }
-    Ok(Some(attend_views(&views).concat()))
+    let mut out = vec![0f32; row * heads * d];
+    attend_views(&views, &mut out);
+    Ok(Some(out))
 }
 
 /// Runs every view's attention as one parallel region: one task per (sequence, query, kv
 /// head); the query heads sharing that kv head are contiguous in the output and read the
-/// keys and values once between them. -> per view (q_len, heads, d)
-fn attend_views(views: &[View]) -> Vec<Vec<f32>> {
-    let mut outs: Vec<Vec<f32>> = views.iter().map(|v| vec![0f32; v.q_len * v.heads * v.d]).collect();
+/// keys and values once between them. Into `out`: the views' (q_len, heads, d) one after
+/// another.
+fn attend_views(views: &[View], out: &mut [f32]) {
     let mut tasks = Vec::new();
-    for (n, (out, v)) in outs.iter_mut().zip(views).enumerate() {
+    let mut rest = out;
+    for (n, v) in views.iter().enumerate() {
+        let (mine, after) = rest.split_at_mut(v.q_len * v.heads * v.d);
         let group = v.heads / v.kv_heads;
-        tasks.extend(out.chunks_mut(group * v.d).enumerate().map(|(idx, o)| (n, idx, o)));
+        tasks.extend(mine.chunks_mut(group * v.d).enumerate().map(|(idx, o)| (n, idx, o)));
+        rest = after;
     }
     team::for_each_mut(&mut tasks, |(n, idx, o)| {
         let (v, idx) = (&views[*n], *idx);
@@ -99,7 +109,6 @@ fn attend_views(views: &[View]) -> Vec<Vec<f32>> {
             _ => unreachable!("View::new pairs keys and values of one dtype"),
         });
     });
-    outs
 }
 
 thread_local! {
