@@ -328,8 +328,8 @@ unsafe fn attend_zmm<const C: usize, E: Elem>(job: &Group<E>, scores: &mut Vec<f
     }
     // Heads per pass: their accumulators (H x C) and one value row fit the 32 registers.
     let per_pass = (16 / C).max(1);
-    for g0 in (0..qs.len()).step_by(per_pass) {
-        let heads = per_pass.min(qs.len() - g0);
+    for g0 in (0..group).step_by(per_pass) {
+        let heads = per_pass.min(group - g0);
         let (p, og, t) = (&scores[g0 * seen..], o.as_mut_ptr().add(g0 * 16 * C), &totals[g0..]);
         match heads {
             1 => weigh_values::<C, 1, E>(p, seen, v, stride, t, og),
