@@ -165,7 +165,7 @@ fn int8_panels_match_the_quantized_reference_for_any_batch() {
     }
     let mut worst = (0.0f64, 0.0f64);
     for (n, k, g, seed) in [(1000, 576, 32, 1), (17, 1536, 128, 2), (35, 96, 32, 3), (576, 1536, 64, 4)] {
-        let t = 40; // under PANELS_BELOW_T: every call below reads the panels
+        let t = 40;
         let mut rng = Rng::new(300 + seed);
         let q = int8::quantize(&rng.gauss_vec(n * k, 0.05), n, k, g, None);
         let mut x = rng.gauss_vec(t * k, 1.0);
@@ -412,7 +412,7 @@ fn int4_panels_equal_the_gemm_for_any_batch() {
         return;
     }
     for (n, k, g, seed) in [(1000, 576, 64, 1), (17, 1536, 128, 2), (35, 128, 32, 3), (576, 1536, 64, 4)] {
-        let t = 40;
+        let t = 40; // under PANELS_BELOW_T: every call below reads the panels
         let (q, x) = int4_case(n, k, g, t, seed);
         let w = q.view();
         let p = int4::Int4Panels::new(&w).expect("AVX512-VNNI");
