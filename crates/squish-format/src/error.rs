@@ -21,3 +21,12 @@ impl FormatError {
         Self::Invalid { path: path.to_path_buf(), msg: msg.to_string() }
     }
 }
+
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is
+/// set: errors here are one line naming the file.
+pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_msg(inner),
+        e => e.to_string(),
+    }
+}

@@ -2,6 +2,7 @@
 //! dequantized on demand. Opening checks that every tensor's bytes lie inside the file, so a
 //! truncated download fails at once with the file's name rather than half-way through a load.
 
+use crate::error::candle_msg;
 use crate::{FormatError, Result};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -26,7 +27,7 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
         let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| FormatError::invalid(path, format!("not a readable GGUF file ({e})")))?;
+            .map_err(|e| FormatError::invalid(path, format!("not a readable GGUF file ({})", candle_msg(&e))))?;
         let file_len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         for (name, info) in &content.tensor_infos {
             let elems = info.shape.elem_count();
@@ -108,13 +109,13 @@ impl GgufFile {
         let mut reader = &self.file;
         self.content
             .tensor(&mut reader, name, device)
-            .map_err(|e| FormatError::invalid(&self.path, format!("tensor `{name}`: {e}")))
+            .map_err(|e| FormatError::invalid(&self.path, format!("tensor `{name}`: {}", candle_msg(&e))))
     }
 
     /// The tensor dequantized to `dtype` on `device`.
     pub fn tensor(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         let q = self.qtensor(name, &Device::Cpu)?;
-        let fail = |e: candle_core::Error| FormatError::invalid(&self.path, format!("tensor `{name}`: {e}"));
+        let fail = |e: candle_core::Error| FormatError::invalid(&self.path, format!("tensor `{name}`: {}", candle_msg(&e)));
         q.dequantize(&Device::Cpu).and_then(|t| t.to_dtype(dtype)).and_then(|t| t.to_device(device)).map_err(fail)
     }
 }

@@ -1,6 +1,7 @@
 //! A Hugging Face model directory: `config.json`, tokenizer files, and the weights in one or
 //! more `*.safetensors` shards (listed by `model.safetensors.index.json` when sharded), mmapped.
 
+use crate::error::candle_msg;
 use crate::{FormatError, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -26,7 +27,7 @@ impl HfDir {
             // SAFETY: the file is mapped read-only; squish never writes model files in place, and
             // a file changed under a running process is outside what any mmap-based loader can guard.
             let st = unsafe { MmapedSafetensors::new(&path) }
-                .map_err(|e| FormatError::invalid(&path, format!("not a valid safetensors file ({e})")))?;
+                .map_err(|e| FormatError::invalid(&path, format!("not a valid safetensors file ({})", candle_msg(&e))))?;
             for (name, _) in st.tensors() {
                 routing.insert(name, shards.len());
             }
@@ -70,7 +71,7 @@ impl HfDir {
             return Err(FormatError::MissingTensor { path: self.root.clone(), name: name.into() });
         };
         let (path, st) = &self.shards[idx];
-        let view = st.get(name).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {e}")))?;
+        let view = st.get(name).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {}", candle_msg(&e))))?;
         Ok((view.data(), view.dtype(), view.shape().to_vec()))
     }
 
@@ -80,14 +81,14 @@ impl HfDir {
             return Err(FormatError::MissingTensor { path: self.root.clone(), name: name.into() });
         };
         let (path, st) = &self.shards[idx];
-        let t = st.load(name, device).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {e}")))?;
+        let t = st.load(name, device).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {}", candle_msg(&e))))?;
         if !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
             return Err(FormatError::invalid(
                 path,
                 format!("tensor `{name}` has dtype {:?}; expected f32, f16 or bf16", t.dtype()),
             ));
         }
-        t.to_dtype(dtype).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {e}")))
+        t.to_dtype(dtype).map_err(|e| FormatError::invalid(path, format!("tensor `{name}`: {}", candle_msg(&e))))
     }
 }
 

@@ -18,7 +18,7 @@ mod setup;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "squish", version, about = "Pull LLMs from the Hugging Face Hub, compress them to INT4/INT8 and run them: chat, HTTP serving, perplexity, speed (CPU today)", long_about = None)]
+#[command(name = "squish", version, about = "Pull LLMs from the Hugging Face Hub, compress them to INT8/INT4/INT3/INT2 and run them: chat, HTTP serving, perplexity, speed, LoRA fine-tuning (CPU; NVIDIA GPUs in a `cuda` build)", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, or chat in the terminal
     Run(run::RunArgs),
-    /// Compress a model (Hugging Face dir or GGUF) into a squish directory: int4, int8, f16, bf16
+    /// Compress a model (Hugging Face dir or GGUF) into a squish directory: int4, int3, int2, int8, f16, bf16, f32
     Convert(convert::ConvertArgs),
     /// Show a model's manifest: source, schemes, bits/weight, checksums, quality (and where a pulled one came from); --devices: the build and its devices
     #[command(visible_alias = "show")]

@@ -70,7 +70,7 @@ impl PullOptions {
         let named = match &reference.scheme {
             Some(s) => match To::from_str(s, true) {
                 Ok(t) => Some(t),
-                Err(_) => bail!("`@{s}`: not a scheme squish converts to (int4, int8, f16, bf16, f32)"),
+                Err(_) => bail!("`@{s}`: not a scheme squish converts to (int4, int3, int2, int8, f16, bf16, f32)"),
             },
             None => None,
         };
