@@ -64,6 +64,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.serving.servers.is_empty() {
         return crate::bench_server::run(&args.serving, args.json);
     }
+    if args.p == 0 && args.n == 0 {
+        anyhow::bail!("nothing to measure: -p and -n are both 0 (as in llama-bench, 0 skips that test)");
+    }
     let (device, threads) = setup::device(&args.device, args.threads)?;
     let path = model_arg::resolve(args.model.clone())?;
     let ctx = Some(args.p.max(args.n + 1).max(8) + if args.streams.is_empty() { 0 } else { args.n + 1 });
@@ -88,7 +91,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // Rounds alternate between the stream counts, so a machine whose speed drifts (a VM)
     // shifts every count alike and their ratios stay fair.
-    let counts: Vec<usize> = args.streams.iter().copied().filter(|&s| s > 0).collect();
+    let counts: Vec<usize> = args.streams.iter().copied().filter(|&s| s > 0 && args.n > 0).collect();
     let mut batched: Vec<(usize, Vec<f64>)> = counts.iter().map(|&s| (s, Vec::new())).collect();
     for &s in &counts {
         bench_streams(&model, s, 16, 4)?; // warm-up at this batch size
@@ -109,8 +112,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "model": path.display().to_string(), "size_mb": size / 1e6, "bits_per_weight": bpw,
             "parameters": params, "threads": threads, "device": format!("{device:?}"),
             "load_cold_s": load_cold, "load_cold_evicted": evicted, "load_warm_s": load_warm,
-            "prompt_tokens": args.p, "prefill_tokens_per_s": pp_m, "prefill_stddev": pp_s,
-            "decode_tokens": args.n, "decode_tokens_per_s": tg_m, "decode_stddev": tg_s,
+            "prompt_tokens": args.p, "prefill_tokens_per_s": (args.p > 0).then_some(pp_m), "prefill_stddev": (args.p > 0).then_some(pp_s),
+            "decode_tokens": args.n, "decode_tokens_per_s": (args.n > 0).then_some(tg_m), "decode_stddev": (args.n > 0).then_some(tg_s),
             "time_to_first_token_s": ttft_m, "peak_rss_mb": rss_mb, "repetitions": args.r,
             "streams": batched.iter().map(|(s, runs)| {
                 let (m, sd) = mean_std(runs);
@@ -126,8 +129,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let row = |test: String, m: f64, s: f64| {
         println!("| {name} | {:.1} MB | {bits} | {threads} | {test} | {m:.2} ± {s:.2} |", size / 1e6)
     };
-    row(format!("pp{}", args.p), pp_m, pp_s);
-    row(format!("tg{}", args.n), tg_m, tg_s);
+    // A test of 0 tokens is skipped, as llama-bench does, rather than shown as 0 t/s.
+    if args.p > 0 {
+        row(format!("pp{}", args.p), pp_m, pp_s);
+    }
+    if args.n > 0 {
+        row(format!("tg{}", args.n), tg_m, tg_s);
+    }
     for (s, runs) in &batched {
         let (m, sd) = mean_std(runs);
         row(format!("tg{} x{s}", args.n), m, sd);
