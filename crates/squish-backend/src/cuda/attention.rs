@@ -39,6 +39,23 @@ pub fn decode_attention(
     imp::launch(q, k, v, slots, (cos, sin), (heads, kv_heads, d))
 }
 
+/// Blocks a launch aims for: two per SM of an H100/H200 (132 SMs). Batches with fewer
+/// (sequence, kv head) pairs split their positions to get there.
+const TARGET_BLOCKS: usize = 264;
+/// Fewest positions a split stretch takes: four per warp, so a block's set-up and its
+/// partial's round trip stay small beside its attention.
+const MIN_SPAN: usize = 32;
+
+/// How many stretches of how many positions each block of a launch over `pairs` (sequence,
+/// kv head) pairs takes, the longest sequence holding `keys` positions: (1, keys) where the
+/// pairs fill the GPU or the sequences are short. Every stretch but the last is full.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn split(pairs: usize, keys: usize) -> (usize, usize) {
+    let want = TARGET_BLOCKS.div_ceil(pairs.max(1)).min(keys / MIN_SPAN).max(1);
+    let span = keys.div_ceil(want).max(1);
+    (keys.div_ceil(span), span)
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::CacheSlot;
@@ -56,6 +73,7 @@ mod imp {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Storage, Tensor};
     use half::bf16;
+    use super::split;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
     /// attention.cu's MAX_SEQS and WARPS.
@@ -112,6 +130,7 @@ mod imp {
             let stream = dev.cuda_stream();
             let (qs, ks, vs, cs, ss, os) = (view(0)?, view(1)?, view(2)?, view(3)?, view(4)?, view(5)?);
             let f = dev.get_or_load_custom_func("decode_attention_bf16", "squish_attention", PTX)?;
+            let merge = dev.get_or_load_custom_func("decode_attention_merge", "squish_attention", PTX)?;
             let scale = 1.0f32 / (d as f32).sqrt();
             let (heads_i, kv_i, d_i, cap_i) = (heads as i32, kv_heads as i32, d as i32, cap as i32);
             for (chunk_no, chunk) in caches.chunks(MAX_SEQS).enumerate() {
@@ -127,16 +146,60 @@ mod imp {
                     syncs.push(vsync);
                 }
                 let s0 = (chunk_no * MAX_SEQS) as i32;
-                let cfg = LaunchConfig { grid_dim: (chunk.len() as u32, kv_heads as u32, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+                let keys = table.pos[..chunk.len()].iter().map(|&p| p as usize + 1).max().unwrap_or(1);
+                let (splits, span) = split(chunk.len() * kv_heads, keys);
+                // Each block's partial per query head: max, sum, d outputs (attention.cu's part_at).
+                // With one stretch the kernel writes the output and never reads `part`.
+                let part_len = if splits > 1 { chunk.len() * heads * splits * (d + 2) } else { 1 };
+                let part = unsafe { dev.alloc::<f32>(part_len) }?;
+                let (splits_i, span_i) = (splits as i32, span as i32);
+                let cfg = LaunchConfig {
+                    grid_dim: (chunk.len() as u32, kv_heads as u32, splits as u32),
+                    block_dim: (32 * WARPS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 let mut b = f.builder();
-                b.arg(&qs).arg(&ks).arg(&vs).arg(&cs).arg(&ss).arg(&os);
-                b.arg(&table).arg(&s0).arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&cap_i).arg(&scale);
+                b.arg(&qs).arg(&ks).arg(&vs).arg(&cs).arg(&ss).arg(&os).arg(&part);
+                b.arg(&table).arg(&s0).arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&cap_i).arg(&scale).arg(&splits_i).arg(&span_i);
                 // SAFETY: the pointers in `table` address caches of `cap` positions of kv_heads x d
-                // bf16 values, each pos < cap; the other buffers have the sizes checked above.
+                // bf16 values, each pos < cap; `part` holds every block's partials; the other
+                // buffers have the sizes checked above.
                 unsafe { b.launch(cfg) }.w()?;
+                if splits > 1 {
+                    let cfg = LaunchConfig { grid_dim: (chunk.len() as u32, heads as u32, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
+                    let mut b = merge.builder();
+                    b.arg(&part).arg(&os).arg(&s0).arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&splits_i);
+                    // SAFETY: `part` was filled by the launch before on the same stream; `out`
+                    // has a row of heads x d for every sequence.
+                    unsafe { b.launch(cfg) }.w()?;
+                }
                 drop(syncs);
             }
         }
         Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    /// Stretches cover every position once, none empty for the longest sequence, and only
+    /// batches that leave the GPU's blocks idle split.
+    #[test]
+    fn splits_cover_the_positions_and_fill_the_gpu() {
+        assert_eq!(split(4, 600), (18, 34)); // one Qwen2.5-7B sequence: 4 kv heads
+        assert_eq!(split(128, 600), (3, 200)); // 32 sequences x 4 kv heads
+        assert_eq!(split(256, 600), (2, 300));
+        assert_eq!(split(264, 600), (1, 600));
+        assert_eq!(split(4, 20), (1, 20)); // short: one block's warps suffice
+        assert_eq!(split(1, 1), (1, 1));
+        for pairs in [1, 3, 4, 8, 100, 300] {
+            for keys in [1, 31, 32, 33, 64, 100, 513, 4096] {
+                let (splits, span) = split(pairs, keys);
+                assert!(splits * span >= keys && (splits - 1) * span < keys, "{pairs} pairs, {keys} keys: {splits} x {span}");
+                assert!(splits == 1 || span >= super::MIN_SPAN, "{pairs} pairs, {keys} keys: span {span}");
+            }
+        }
     }
 }
