@@ -1,9 +1,9 @@
 //! The GPU's batched decode attention (src/cuda/attention.cu) against an f64 reference on the
 //! same bf16 inputs, at cache lengths where its blocks split the positions: one sequence from
 //! 1 to 1,000 positions, a batch of different lengths (a short sequence's later stretches are
-//! empty), and 40 sequences (two launches). It also checks the new key and value the kernel
-//! stores and that no other cache position changes. Skipped (passing, with a note) without a
-//! CUDA build and device.
+//! empty), and 40 sequences (two launches); q, k and v apart or as views of one stacked
+//! product. It also checks the new key and value the kernel stores and that no other cache
+//! position changes. Skipped (passing, with a note) without a CUDA build and device.
 //!
 //! Tolerance: the output is bf16, so each element may differ from the reference by 1% of its
 //! head's largest |value|; the stored key by one bf16 rounding.
@@ -39,9 +39,10 @@ fn download(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
-/// One decode step of `positions.len()` sequences, the i-th with `positions[i]` tokens cached.
-fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &[usize]) {
-    let label = format!("{heads}/{kv_heads} heads, d {d}, positions {positions:?}");
+/// One decode step of `positions.len()` sequences, the i-th with `positions[i]` tokens cached;
+/// `stacked`: q, k and v are views of one product.
+fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &[usize], stacked: bool) {
+    let label = format!("{heads}/{kv_heads} heads, d {d}, positions {positions:?}, stacked {stacked}");
     let (rows, group, half) = (positions.len(), heads / kv_heads, d / 2);
     let cap = positions.iter().max().unwrap() + 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
@@ -56,10 +57,22 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &
     let caches: Vec<(Tensor, Tensor)> =
         before.iter().map(|(k, v)| (upload(k, &[1, kv_heads, cap, d], dev), upload(v, &[1, kv_heads, cap, d], dev))).collect();
     let slots: Vec<CacheSlot> = caches.iter().zip(positions).map(|((k, v), &pos)| CacheSlot { keys: k, values: v, pos }).collect();
+    let (qt, kt, vt) = match stacked {
+        // One (1, rows, q + k + v) product, as a GPU layer's stacked projections give it.
+        true => {
+            let (qw, kw) = (heads * d, kv_heads * d);
+            let joint: Vec<f32> = (0..rows)
+                .flat_map(|r| [&q[r * qw..][..qw], &k_new[r * kw..][..kw], &v_new[r * kw..][..kw]].concat())
+                .collect();
+            let joint = upload(&joint, &[1, rows, qw + 2 * kw], dev);
+            (joint.narrow(2, 0, qw).unwrap(), joint.narrow(2, qw, kw).unwrap(), joint.narrow(2, qw + kw, kw).unwrap())
+        }
+        false => (upload(&q, &[1, rows, heads * d], dev), upload(&k_new, &[1, rows, kv_heads * d], dev), upload(&v_new, &[1, rows, kv_heads * d], dev)),
+    };
     let out = decode_attention(
-        &upload(&q, &[1, rows, heads * d], dev),
-        &upload(&k_new, &[1, rows, kv_heads * d], dev),
-        &upload(&v_new, &[1, rows, kv_heads * d], dev),
+        &qt,
+        &kt,
+        &vt,
         &slots,
         rope.tables(),
         (heads, kv_heads, d),
@@ -116,10 +129,11 @@ fn decode_attention_matches_the_reference_at_every_length() {
     let Some(dev) = gpu() else { return };
     let qwen7b = (28, 4, 128);
     for pos in [0, 1, 37, 64, 300, 1000] {
-        check(&dev, qwen7b, &[pos]);
+        check(&dev, qwen7b, &[pos], false);
     }
-    check(&dev, qwen7b, &[0, 5, 300, 999]);
-    check(&dev, (9, 3, 64), &[3, 140, 77]); // SmolLM2
+    check(&dev, qwen7b, &[300], true);
+    check(&dev, qwen7b, &[0, 5, 300, 999], false);
+    check(&dev, (9, 3, 64), &[3, 140, 77], true); // SmolLM2
     let many: Vec<usize> = (0..40).map(|i| (i * 37) % 300).collect();
-    check(&dev, (32, 8, 64), &many); // Llama-3.2-1B, two launches of up to 32
+    check(&dev, (32, 8, 64), &many, false); // Llama-3.2-1B, two launches of up to 32
 }

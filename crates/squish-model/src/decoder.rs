@@ -5,6 +5,7 @@
 use crate::config::{ModelConfig, RopeScaling};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
+use crate::projections::Projections;
 use crate::lora::{add_deltas, Adapter, Deltas, Target};
 use crate::weights::Weights;
 use crate::ModelError;
@@ -105,9 +106,8 @@ pub fn tensor_plan(cfg: &ModelConfig, has: &dyn Fn(&str) -> bool) -> Vec<TensorS
 }
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k, v
+    qkv: Projections<3>,
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -117,8 +117,7 @@ pub(crate) struct Layer {
     attn_norm: Tensor,
     attn: Attention,
     mlp_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: Projections<2>,
     down: Linear,
 }
 
@@ -129,37 +128,42 @@ impl Layer {
         let (q_out, kv_out) = (cfg.heads * hd, cfg.kv_heads * hd);
         let linear = |name: &str, out: usize, inp: usize| w.linear(name, out, inp);
         let p = format!("model.layers.{i}");
+        let qkv = [
+            linear(&format!("{p}.self_attn.q_proj"), q_out, h)?,
+            linear(&format!("{p}.self_attn.k_proj"), kv_out, h)?,
+            linear(&format!("{p}.self_attn.v_proj"), kv_out, h)?,
+        ];
+        let gate_up = [linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate, h)?, linear(&format!("{p}.mlp.up_proj"), cfg.intermediate, h)?];
         Ok(Layer {
             attn_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
             attn: Attention {
-                q: linear(&format!("{p}.self_attn.q_proj"), q_out, h)?,
-                k: linear(&format!("{p}.self_attn.k_proj"), kv_out, h)?,
-                v: linear(&format!("{p}.self_attn.v_proj"), kv_out, h)?,
+                qkv: Projections::new(qkv, w.device())?,
                 o: linear(&format!("{p}.self_attn.o_proj"), h, q_out)?,
                 q_norm: w.maybe(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
                 k_norm: w.maybe(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
             },
             mlp_norm: w.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-            gate: linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate, h)?,
-            up: linear(&format!("{p}.mlp.up_proj"), cfg.intermediate, h)?,
+            gate_up: Projections::new(gate_up, w.device())?,
             down: linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate)?,
         })
     }
 
     /// Replaces the weight of the matrix `part` (`self_attn.q_proj.weight`, ...) by a dense
     /// one of the same shape, keeping its bias: calibration runs a layer with the weights its
-    /// earlier matrices were quantized to. False for a name that is not one of its matrices.
+    /// earlier matrices were quantized to. False for a name that is not one of its matrices
+    /// (or one stacked on a GPU; calibration runs on the CPU).
     pub(crate) fn replace_weight(&mut self, part: &str, w: Tensor) -> bool {
         let slot = match part {
-            "self_attn.q_proj.weight" => &mut self.attn.q,
-            "self_attn.k_proj.weight" => &mut self.attn.k,
-            "self_attn.v_proj.weight" => &mut self.attn.v,
-            "self_attn.o_proj.weight" => &mut self.attn.o,
-            "mlp.gate_proj.weight" => &mut self.gate,
-            "mlp.up_proj.weight" => &mut self.up,
-            "mlp.down_proj.weight" => &mut self.down,
-            _ => return false,
+            "self_attn.q_proj.weight" => self.attn.qkv.part_mut(0),
+            "self_attn.k_proj.weight" => self.attn.qkv.part_mut(1),
+            "self_attn.v_proj.weight" => self.attn.qkv.part_mut(2),
+            "self_attn.o_proj.weight" => Some(&mut self.attn.o),
+            "mlp.gate_proj.weight" => self.gate_up.part_mut(0),
+            "mlp.up_proj.weight" => self.gate_up.part_mut(1),
+            "mlp.down_proj.weight" => Some(&mut self.down),
+            _ => None,
         };
+        let Some(slot) = slot else { return false };
         let placeholder = Linear::new(crate::linear::Weight::Dense(Tensor::zeros((0, 0), candle_core::DType::F32, &Device::Cpu).expect("empty")), None);
         let (_, bias) = std::mem::replace(slot, placeholder).into_parts();
         *slot = Linear::new(crate::linear::Weight::Dense(w), bias);
@@ -326,7 +330,7 @@ impl Decoder {
         let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
         obs.observe(Tap::AttnIn(i), &n)?;
         let a = &layer.attn;
-        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&a.q, &a.k, &a.v], &n)?.try_into().expect("three outputs");
+        let [q, k, v] = a.qkv.forward(&n)?;
         let delta = |t: Target, y: Tensor| add_deltas(&self.adapters, &segments, i, t, &n, y);
         let qkv = (delta(Target::Q, q)?, delta(Target::K, k)?, delta(Target::V, v)?);
         let att = self.attention(a, qkv, steps, cache_slot)?;
@@ -334,7 +338,7 @@ impl Decoder {
         let x = (x + proj(Target::O, &a.o, &att)?)?;
         let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
         obs.observe(Tap::MlpIn(i), &n)?;
-        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], &n)?.try_into().expect("two outputs");
+        let [gate, up] = layer.gate_up.forward(&n)?;
         let mid = silu_mul(&add_deltas(&self.adapters, &segments, i, Target::Gate, &n, gate)?, &add_deltas(&self.adapters, &segments, i, Target::Up, &n, up)?)?;
         obs.observe(Tap::MlpMid(i), &mid)?;
         Ok((x + proj(Target::Down, &layer.down, &mid)?)?)
@@ -350,7 +354,7 @@ impl Decoder {
     /// n (1, t, hidden) -> the o_proj input (1, t, heads * head_dim).
     pub(crate) fn stage_attn_out(&self, layer: &Layer, cache_slot: usize, n: &Tensor, steps: &mut [Step<'_>]) -> Result<Tensor, ModelError> {
         let a = &layer.attn;
-        let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&a.q, &a.k, &a.v], n)?.try_into().expect("three outputs");
+        let [q, k, v] = a.qkv.forward(n)?;
         self.attention(a, (q, k, v), steps, cache_slot)
     }
 
@@ -363,7 +367,7 @@ impl Decoder {
 
     /// The gate/up input -> the down_proj input (1, t, intermediate).
     pub(crate) fn stage_mlp_mid(&self, layer: &Layer, n: &Tensor) -> Result<Tensor, ModelError> {
-        let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&layer.gate, &layer.up], n)?.try_into().expect("two outputs");
+        let [gate, up] = layer.gate_up.forward(n)?;
         Ok(silu_mul(&gate, &up)?)
     }
 

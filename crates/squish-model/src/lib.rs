@@ -10,6 +10,7 @@ mod gguf_tokenizer;
 mod kv_cache;
 mod linear;
 pub mod lora;
+mod projections;
 mod sampler;
 mod tokenizer;
 mod weights;

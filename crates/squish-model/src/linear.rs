@@ -42,7 +42,8 @@ pub enum Weight {
     /// first product (None where the CPU has no AVX512-VNNI).
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int8Panels>> },
     /// An INT4 or INT8 matrix on a GPU; `host` (the mapped original) serves embedding lookups.
-    Gpu { host: Box<Weight>, device: QuantMatrix },
+    /// None for matrices stacked on the GPU (`Linear::stack`), which are never embeddings.
+    Gpu { host: Option<Box<Weight>>, device: QuantMatrix },
 }
 
 /// A borrowed view of a quantized weight, for squish-quant's kernels.
@@ -96,7 +97,8 @@ impl Weight {
                 };
                 View::Int8(m, p)
             }
-            Weight::Gpu { host, .. } => return host.view(false),
+            Weight::Gpu { host: Some(host), .. } => return host.view(false),
+            Weight::Gpu { host: None, .. } => return Err(quant_err("a matrix stacked on the GPU has no host copy")),
             Weight::Dense(_) => return Err(quant_err("a dense weight has no quantized view")),
         })
     }
@@ -193,7 +195,7 @@ impl Linear {
             _ => None,
         };
         if let Some(packed) = packed {
-            return Ok(Linear { weight: Weight::Gpu { host: Box::new(weight), device: packed }, bias, rotation: None });
+            return Ok(Linear { weight: Weight::Gpu { host: Some(Box::new(weight)), device: packed }, bias, rotation: None });
         }
         let (n, k) = weight.shape();
         let mut dense = vec![0f32; n * k];
@@ -203,6 +205,40 @@ impl Linear {
         }
         let w = Tensor::from_vec(dense, (n, k), device)?.to_dtype(compute_dtype(device))?;
         Ok(Linear { weight: Weight::Dense(w), bias, rotation: None })
+    }
+
+    /// Layers reading the same input (q, k and v; gate and up) stacked on their outputs into
+    /// one, so a GPU runs one product and one bias add for all: dense weights of one dtype, or
+    /// packed GPU matrices of one kind and group size. A layer without a bias gets zeros
+    /// where the others have one. None where the layers do not stack (rotated, CPU-packed,
+    /// different widths).
+    pub fn stack(parts: &[Linear]) -> Result<Option<Linear>, ModelError> {
+        let Some(first) = parts.first() else { return Ok(None) };
+        if parts.iter().any(|l| l.rotation.is_some() || l.shape().1 != first.shape().1) {
+            return Ok(None);
+        }
+        let dense: Option<Vec<&Tensor>> = parts.iter().map(|l| if let Weight::Dense(w) = &l.weight { Some(w) } else { None }).collect();
+        let packed: Option<Vec<&QuantMatrix>> =
+            parts.iter().map(|l| if let Weight::Gpu { device, .. } = &l.weight { Some(device) } else { None }).collect();
+        let weight = match (dense, packed) {
+            (Some(ws), _) if ws.iter().all(|w| w.dtype() == ws[0].dtype()) => Weight::Dense(Tensor::cat(&ws, 0)?),
+            (_, Some(ms)) => match QuantMatrix::stack(&ms)? {
+                Some(m) => Weight::Gpu { host: None, device: m },
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let bias = match parts.iter().find_map(|l| l.bias.as_ref()) {
+            Some(b) => {
+                let each = parts.iter().map(|l| match &l.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(l.shape().0, b.dtype(), b.device()),
+                });
+                Some(Tensor::cat(&each.collect::<candle_core::Result<Vec<_>>>()?, 0)?)
+            }
+            None => None,
+        };
+        Ok(Some(Linear { weight, bias, rotation: None }))
     }
 
     /// x: (batch, seq, in) -> (batch, seq, out)

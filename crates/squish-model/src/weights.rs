@@ -21,6 +21,11 @@ impl<'a> Weights<'a> {
         Self { files, device, cfg }
     }
 
+    /// Where the weights are loaded to.
+    pub fn device(&self) -> &Device {
+        self.device
+    }
+
     pub fn has(&self, hf_name: &str) -> bool {
         match self.files.as_ref() {
             ModelFiles::HfDir(d) => d.has_tensor(hf_name),

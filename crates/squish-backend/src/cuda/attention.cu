@@ -39,13 +39,15 @@ __device__ __forceinline__ size_t part_at(int s, int h, int z, int g, int kv_hea
     return ((((size_t)s * kv_heads + h) * splits + z) * group + g) * (size_t)(d + 2);
 }
 
-// q: (rows, heads*d), knew/vnew: (rows, kv_heads*d), out: (rows, heads*d); row = s0 + blockIdx.x.
+// q: rows of heads*d values qst apart, knew/vnew: rows of kv_heads*d values kst and vst apart
+// (three views of one stacked q/k/v product, or three tensors); out: (rows, heads*d).
+// row = s0 + blockIdx.x.
 // cos/sin: (max_pos, d/2). scale = 1/sqrt(d). Block z (blockIdx.z) of `splits` attends over
 // positions [z*span, (z+1)*span) that are <= pos; with splits > 1 it writes `part`, not `out`.
 extern "C" __global__ void decode_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* knew, const __nv_bfloat16* vnew,
                                                  const __nv_bfloat16* cos_t, const __nv_bfloat16* sin_t, __nv_bfloat16* out,
-                                                 float* part, Caches c, int s0, int heads, int kv_heads, int d, int cap,
-                                                 float scale, int splits, int span) {
+                                                 float* part, Caches c, int s0, int qst, int kst, int vst, int heads,
+                                                 int kv_heads, int d, int cap, float scale, int splits, int span) {
     const int s = blockIdx.x, h = blockIdx.y, z = blockIdx.z, row = s0 + s;
     const int group = heads / kv_heads, half = d / 2, pos = c.pos[s];
     __nv_bfloat16* kc = reinterpret_cast<__nv_bfloat16*>(c.k[s]) + (size_t)h * cap * d;
@@ -61,8 +63,8 @@ extern "C" __global__ void decode_attention_bf16(const __nv_bfloat16* q, const _
     // block whose stretch holds pos (no other block reads it).
     const __nv_bfloat16* cr = cos_t + (size_t)pos * half;
     const __nv_bfloat16* sr = sin_t + (size_t)pos * half;
-    const __nv_bfloat16* kr = knew + (size_t)row * kv_heads * d + (size_t)h * d;
-    const __nv_bfloat16* vr = vnew + (size_t)row * kv_heads * d + (size_t)h * d;
+    const __nv_bfloat16* kr = knew + (size_t)row * kst + (size_t)h * d;
+    const __nv_bfloat16* vr = vnew + (size_t)row * vst + (size_t)h * d;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float co = __bfloat162float(cr[i]), si = __bfloat162float(sr[i]);
         if (owns_pos) {
@@ -73,7 +75,7 @@ extern "C" __global__ void decode_attention_bf16(const __nv_bfloat16* q, const _
             vc[(size_t)pos * d + i + half] = vr[i + half];
         }
         for (int g = 0; g < group; g++) {
-            const __nv_bfloat16* qr = q + (size_t)row * heads * d + (size_t)(h * group + g) * d;
+            const __nv_bfloat16* qr = q + (size_t)row * qst + (size_t)(h * group + g) * d;
             float x = __bfloat162float(qr[i]), y = __bfloat162float(qr[i + half]);
             // Rounded to bf16 as the generic path's rotated queries are.
             qs[g][i] = __bfloat162float(__float2bfloat16(x * co - y * si)) * scale;

@@ -97,6 +97,19 @@ mod imp {
         }
     }
 
+    /// `t` as rows of `width` values in place, with the distance between rows: (1, rows, width)
+    /// with unit last stride (a stacked q/k/v product narrowed to one of them), or a contiguous
+    /// copy. None where the shape is not `rows` x `width`.
+    fn rows_of(t: &Tensor, rows: usize, width: usize) -> candle_core::Result<Option<(Tensor, i32)>> {
+        if let ([1, r, w], [_, row_stride, 1]) = (t.dims(), t.stride()) {
+            if (*r, *w) == (rows, width) {
+                return Ok(Some((t.clone(), *row_stride as i32)));
+            }
+        }
+        let t = t.contiguous()?;
+        Ok((t.elem_count() == rows * width).then_some((t, width as i32)))
+    }
+
     pub(super) fn launch(
         q: &Tensor,
         k: &Tensor,
@@ -106,10 +119,11 @@ mod imp {
         (heads, kv_heads, d): (usize, usize, usize),
     ) -> crate::Result<Option<Tensor>> {
         let rows = slots.len();
-        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        if q.elem_count() != rows * heads * d || k.elem_count() != rows * kv_heads * d || v.elem_count() != rows * kv_heads * d {
+        let (Some((q, q_stride)), Some((k, k_stride)), Some((v, v_stride))) =
+            (rows_of(q, rows, heads * d)?, rows_of(k, rows, kv_heads * d)?, rows_of(v, rows, kv_heads * d)?)
+        else {
             return Ok(None);
-        }
+        };
         let cap = slots[0].keys.dim(2)?;
         if slots.iter().any(|s| s.keys.dim(2).ok() != Some(cap) || s.values.dim(2).ok() != Some(cap) || s.pos >= cap) {
             return Ok(None);
@@ -160,7 +174,8 @@ mod imp {
                 };
                 let mut b = f.builder();
                 b.arg(&qs).arg(&ks).arg(&vs).arg(&cs).arg(&ss).arg(&os).arg(&part);
-                b.arg(&table).arg(&s0).arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&cap_i).arg(&scale).arg(&splits_i).arg(&span_i);
+                b.arg(&table).arg(&s0).arg(&q_stride).arg(&k_stride).arg(&v_stride);
+                b.arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&cap_i).arg(&scale).arg(&splits_i).arg(&span_i);
                 // SAFETY: the pointers in `table` address caches of `cap` positions of kv_heads x d
                 // bf16 values, each pos < cap; `part` holds every block's partials; the other
                 // buffers have the sizes checked above.

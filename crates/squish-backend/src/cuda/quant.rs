@@ -71,6 +71,21 @@ impl QuantMatrix {
         (self.n, self.k)
     }
 
+    /// Matrices reading the same input stacked on their outputs into one (rows of the first,
+    /// then of the second, ...): one product serves them all. Codes and parameters are stored
+    /// row by row, so stacking is concatenation. None where the kinds, widths or group sizes
+    /// differ.
+    pub fn stack(parts: &[&QuantMatrix]) -> Result<Option<Self>> {
+        let Some(first) = parts.first() else { return Ok(None) };
+        if parts.iter().any(|m| (m.kind, m.k, m.group) != (first.kind, first.k, first.group)) {
+            return Ok(None);
+        }
+        let codes = Tensor::cat(&parts.iter().map(|m| &m.codes).collect::<Vec<_>>(), 0)?;
+        let params = Tensor::cat(&parts.iter().map(|m| &m.params).collect::<Vec<_>>(), 0)?;
+        let n = parts.iter().map(|m| m.n).sum();
+        Ok(Some(Self { kind: first.kind, codes, params, n, k: first.k, group: first.group }))
+    }
+
     /// x (..., K) -> (..., N), in bf16.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
