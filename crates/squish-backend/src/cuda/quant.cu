@@ -16,6 +16,7 @@
 
 #define ROWS 8
 #define WARPS 4
+#define UNROLL 4
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -46,35 +47,49 @@ extern "C" __global__ void int4_gemv_bf16(const uint8_t* codes, const __half2* p
 #pragma unroll
     for (int i = 0; i < ROWS; i++) acc[i] = 0.f;
     // Each lane takes 8 bytes inside one 32-byte block: 8 low-nibble inputs and 8 high ones.
-    for (int off = lane * 8; off < k / 2; off += 256) {
-        uint2 raw = *reinterpret_cast<const uint2*>(rc + off);
-        int block = off / 32, j = off % 32;
-        int lo = block * 64 + j, hi = lo + 32;
-        float2 pl = __half22float2(rp[lo / g]);
-        float2 ph = __half22float2(rp[hi / g]);
-        float ql[8], qh[8];
-        const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+    // UNROLL stretches' codes are loaded before any is used, so a warp has that many loads in
+    // flight: with one at a time, each warp waited out every load's latency in turn.
+    const int row_bytes = k / 2;
+    for (int base = lane * 8; base < row_bytes; base += 256 * UNROLL) {
+        uint2 raws[UNROLL];
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            ql[i] = (float)(b[i] & 15);
-            qh[i] = (float)(b[i] >> 4);
+        for (int u = 0; u < UNROLL; u++) {
+            int off = base + u * 256;
+            raws[u] = off < row_bytes ? *reinterpret_cast<const uint2*>(rc + off) : make_uint2(0u, 0u);
         }
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            if (r < rows) {
-                const __nv_bfloat16* xr = x + (size_t)(t0 + r) * k;
-                float xl[8], xh[8];
-                load8(xr + lo, xl);
-                load8(xr + hi, xh);
-                float dl = 0.f, sl = 0.f, dh = 0.f, sh = 0.f;
+        for (int u = 0; u < UNROLL; u++) {
+            int off = base + u * 256;
+            if (off >= row_bytes) break;
+            uint2 raw = raws[u];
+            int block = off / 32, j = off % 32;
+            int lo = block * 64 + j, hi = lo + 32;
+            float2 pl = __half22float2(rp[lo / g]);
+            float2 ph = __half22float2(rp[hi / g]);
+            float ql[8], qh[8];
+            const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
 #pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    dl += xl[i] * ql[i];
-                    sl += xl[i];
-                    dh += xh[i] * qh[i];
-                    sh += xh[i];
+            for (int i = 0; i < 8; i++) {
+                ql[i] = (float)(b[i] & 15);
+                qh[i] = (float)(b[i] >> 4);
+            }
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                if (r < rows) {
+                    const __nv_bfloat16* xr = x + (size_t)(t0 + r) * k;
+                    float xl[8], xh[8];
+                    load8(xr + lo, xl);
+                    load8(xr + hi, xh);
+                    float dl = 0.f, sl = 0.f, dh = 0.f, sh = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        dl += xl[i] * ql[i];
+                        sl += xl[i];
+                        dh += xh[i] * qh[i];
+                        sh += xh[i];
+                    }
+                    acc[r] += pl.x * dl + pl.y * sl + ph.x * dh + ph.y * sh;
                 }
-                acc[r] += pl.x * dl + pl.y * sl + ph.x * dh + ph.y * sh;
             }
         }
     }
@@ -97,22 +112,33 @@ extern "C" __global__ void int8_gemv_bf16(const int8_t* codes, const __half* sca
     float acc[ROWS];
 #pragma unroll
     for (int i = 0; i < ROWS; i++) acc[i] = 0.f;
-    for (int off = lane * 8; off < k; off += 256) {
-        uint2 raw = *reinterpret_cast<const uint2*>(rc + off);
-        const int8_t* b = reinterpret_cast<const int8_t*>(&raw);
-        float s = __half2float(rs[off / g]);
-        float q[8];
+    for (int base = lane * 8; base < k; base += 256 * UNROLL) {
+        uint2 raws[UNROLL];  // loads in flight, as in int4_gemv_bf16
 #pragma unroll
-        for (int i = 0; i < 8; i++) q[i] = (float)b[i];
+        for (int u = 0; u < UNROLL; u++) {
+            int off = base + u * 256;
+            raws[u] = off < k ? *reinterpret_cast<const uint2*>(rc + off) : make_uint2(0u, 0u);
+        }
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            if (r < rows) {
-                float xv[8];
-                load8(x + (size_t)(t0 + r) * k + off, xv);
-                float d = 0.f;
+        for (int u = 0; u < UNROLL; u++) {
+            int off = base + u * 256;
+            if (off >= k) break;
+            uint2 raw = raws[u];
+            const int8_t* b = reinterpret_cast<const int8_t*>(&raw);
+            float s = __half2float(rs[off / g]);
+            float q[8];
 #pragma unroll
-                for (int i = 0; i < 8; i++) d += xv[i] * q[i];
-                acc[r] += s * d;
+            for (int i = 0; i < 8; i++) q[i] = (float)b[i];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                if (r < rows) {
+                    float xv[8];
+                    load8(x + (size_t)(t0 + r) * k + off, xv);
+                    float d = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) d += xv[i] * q[i];
+                    acc[r] += s * d;
+                }
             }
         }
     }
