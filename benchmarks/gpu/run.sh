@@ -3,7 +3,7 @@
 # PyTorch + transformers, no Rust, no network), from the repository root, with a squish binary
 # built `--features cuda` (docs/cuda.md):
 #
-#   SQUISH_BIN=./squish SQUISH_TESTS="squish-model.cuda squish-model.lora_cuda squish-backend.cuda_quant squish-backend.cuda_attention" benchmarks/gpu/run.sh [quick|nospeed]
+#   SQUISH_BIN=./squish SQUISH_TESTS="squish-model.cuda squish-model.lora_cuda squish-backend.cuda" benchmarks/gpu/run.sh [quick|nospeed]
 #
 # 0. the GPU test binaries named in SQUISH_TESTS (crate.test; built with --features cuda);
 # 1. correctness: the tiny golden models (dense, INT4, INT8) evaluated on the CPU and on the

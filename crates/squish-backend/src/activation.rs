@@ -8,6 +8,9 @@ use candle_core::{Device, Tensor};
 /// silu(gate) * up, elementwise; both (..., features), same shape.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if !matches!(gate.device(), Device::Cpu) {
+        if let Some(out) = crate::cuda::fused::silu_mul(gate, up)? {
+            return Ok(out);
+        }
         return Ok((gate.silu()? * up)?);
     }
     let shape = gate.shape().clone();

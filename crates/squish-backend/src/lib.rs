@@ -14,7 +14,7 @@ pub use device::{built_with, compute_dtype, describe, devices, free_memory, gpu_
 pub use activation::silu_mul;
 pub use cuda::{decode_attention, CacheSlot, QuantMatrix};
 pub use attention_cpu::attention_from_caches;
-pub use ops::{causal_attention, causal_attention_many, rms_norm, rms_norm_pieces, with_f32, Rope};
+pub use ops::{add_rms_norm, causal_attention, causal_attention_many, rms_norm, rms_norm_pieces, with_f32, Rope};
 pub use softmax::softmax_rows;
 
 #[derive(Debug, thiserror::Error)]

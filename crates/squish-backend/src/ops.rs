@@ -27,6 +27,17 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, x.shape(), x.device())?)
 }
 
+/// x + y and rms_norm(x + y, weight): the residual add and the norm after it (one launch on
+/// a GPU, `cuda::fused`). -> (sum, normed)
+pub fn add_rms_norm(x: &Tensor, y: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    if let Some(both) = crate::cuda::fused::add_rms_norm(x, y, weight, eps)? {
+        return Ok(both);
+    }
+    let sum = (x + y)?;
+    let normed = rms_norm(&sum, weight, eps)?;
+    Ok((sum, normed))
+}
+
 /// y = x / rms(x) · w for one row, the squares summed in sixteen lanes so the loop vectorizes.
 fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let inv = inv_rms(x, eps);

@@ -10,7 +10,7 @@ use crate::lora::{add_deltas, Adapter, Deltas, Target};
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
-use squish_backend::{attention_from_caches, causal_attention, decode_attention, CacheSlot, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
+use squish_backend::{add_rms_norm, attention_from_caches, causal_attention, decode_attention, CacheSlot, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
 
 /// A point in the forward pass whose activations feed linear layers: calibration observes
 /// them to learn which input channels matter.
@@ -335,8 +335,7 @@ impl Decoder {
         let qkv = (delta(Target::Q, q)?, delta(Target::K, k)?, delta(Target::V, v)?);
         let att = self.attention(a, qkv, steps, cache_slot)?;
         obs.observe(Tap::AttnOut(i), &att)?;
-        let x = (x + proj(Target::O, &a.o, &att)?)?;
-        let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
+        let (x, n) = add_rms_norm(&x, &proj(Target::O, &a.o, &att)?, &layer.mlp_norm, self.eps())?;
         obs.observe(Tap::MlpIn(i), &n)?;
         let [gate, up] = layer.gate_up.forward(&n)?;
         let mid = silu_mul(&add_deltas(&self.adapters, &segments, i, Target::Gate, &n, gate)?, &add_deltas(&self.adapters, &segments, i, Target::Up, &n, up)?)?;
@@ -360,9 +359,7 @@ impl Decoder {
 
     /// x and the o_proj input -> x after attention (1, t, hidden) and the gate/up input.
     pub(crate) fn stage_mlp_in(&self, layer: &Layer, x: &Tensor, att: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-        let x = (x + layer.attn.o.forward(att)?)?;
-        let n = rms_norm(&x, &layer.mlp_norm, self.eps())?;
-        Ok((x, n))
+        Ok(add_rms_norm(x, &layer.attn.o.forward(att)?, &layer.mlp_norm, self.eps())?)
     }
 
     /// The gate/up input -> the down_proj input (1, t, intermediate).

@@ -128,7 +128,10 @@ mod imp {
         if slots.iter().any(|s| s.keys.dim(2).ok() != Some(cap) || s.values.dim(2).ok() != Some(cap) || s.pos >= cap) {
             return Ok(None);
         }
-        let out = Tensor::zeros((1, rows, heads * d), candle_core::DType::BF16, q.device())?;
+        // SAFETY: every element is written below: by the attention launch (one block per
+        // sequence and kv head writes its query heads' rows) or, where positions are split,
+        // by the merge launch (one thread per sequence, head and element).
+        let out = unsafe { Tensor::empty((1, rows, heads * d), candle_core::DType::BF16, q.device()) }?;
         {
             let guards: Vec<_> = [&q, &k, &v, cos, sin, &out].iter().map(|t| t.storage_and_layout()).collect();
             let caches: Vec<_> = slots.iter().map(|s| (s.keys.storage_and_layout(), s.values.storage_and_layout())).collect();

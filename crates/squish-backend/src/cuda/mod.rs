@@ -1,9 +1,11 @@
 //! squish's own GPU kernels (CUDA C in this folder, compiled to PTX by build.rs with the `cuda`
-//! feature): quantized matrices read in their packed layout, and batched decode attention.
+//! feature): quantized matrices read in their packed layout, batched decode attention, and
+//! fused elementwise steps of a decode step.
 //! The types and functions exist in every build, so callers carry no `cfg`; without the
 //! feature they report that CUDA is not built in, or decline (None).
 
 mod attention;
+pub(crate) mod fused;
 mod quant;
 
 pub use attention::{decode_attention, CacheSlot};

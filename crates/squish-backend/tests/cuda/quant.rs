@@ -1,42 +1,15 @@
-//! The GPU kernels for squish's INT4 and INT8 matrices against squish-quant's scalar references
+//! The kernels for squish's INT4 and INT8 matrices against squish-quant's scalar references
 //! on the same packed bytes: GEMV batches (1 to 32 rows, in launches of 8) and the
 //! dequantize-then-cuBLAS path (more rows), groups of 32 and 64, widths that are not multiples
-//! of a warp's 256-byte stride, and matrices stacked on their outputs. Skipped (passing, with a note) without a CUDA build and device.
+//! of a warp's 256-byte stride, and matrices stacked on their outputs.
 //!
 //! Tolerance: inputs and outputs are bf16 on the GPU, so each output may differ from the f32
 //! reference (fed the same bf16-rounded inputs) by 1% of its row's largest |value|.
 
+use super::{bf16_round, compare, gpu, noise};
 use candle_core::{DType, Device, Tensor};
-use squish_backend::{open_device, DeviceRequest, QuantMatrix};
+use squish_backend::QuantMatrix;
 use squish_quant::{int4, int8};
-
-fn gpu() -> Option<Device> {
-    open_device(DeviceRequest::Cuda(0)).map_err(|e| eprintln!("skipped: no CUDA device ({e})")).ok()
-}
-
-fn noise(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) - 0.5
-        })
-        .collect()
-}
-
-fn bf16_round(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
-}
-
-fn compare(label: &str, got: &[f32], want: &[f32], n: usize) {
-    for (r, (g, w)) in got.chunks(n).zip(want.chunks(n)).enumerate() {
-        let scale = w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(d <= 0.01 * scale, "{label}: row {r}: max |diff| {d} vs largest |value| {scale}");
-    }
-}
 
 #[test]
 fn int4_and_int8_kernels_match_the_references() {

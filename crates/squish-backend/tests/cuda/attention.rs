@@ -1,30 +1,20 @@
-//! The GPU's batched decode attention (src/cuda/attention.cu) against an f64 reference on the
+//! Batched decode attention (src/cuda/attention.cu) against an f64 reference on the
 //! same bf16 inputs, at cache lengths where its blocks split the positions: one sequence from
 //! 1 to 1,000 positions, a batch of different lengths (a short sequence's later stretches are
 //! empty), and 40 sequences (two launches); q, k and v apart or as views of one stacked
 //! product. It also checks the new key and value the kernel stores and that no other cache
-//! position changes. Skipped (passing, with a note) without a CUDA build and device.
+//! position changes.
 //!
 //! Tolerance: the output is bf16, so each element may differ from the reference by 1% of its
 //! head's largest |value|; the stored key by one bf16 rounding.
 
+use super::{bf16_round, gpu, noise};
 use candle_core::{DType, Device, Tensor};
-use squish_backend::{decode_attention, open_device, CacheSlot, DeviceRequest, Rope};
+use squish_backend::{decode_attention, CacheSlot, Rope};
 
-fn gpu() -> Option<Device> {
-    open_device(DeviceRequest::Cuda(0)).map_err(|e| eprintln!("skipped: no CUDA device ({e})")).ok()
-}
-
-fn noise(len: usize, seed: u32, amplitude: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            half::bf16::from_f32(amplitude * ((s as f32 / u32::MAX as f32) - 0.5)).to_f32()
-        })
-        .collect()
+/// bf16 values in [-amplitude/2, amplitude/2).
+fn values(len: usize, seed: u32, amplitude: f32) -> Vec<f32> {
+    bf16_round(&noise(len, seed).iter().map(|v| v * amplitude).collect::<Vec<_>>())
 }
 
 fn bf16(x: f64) -> f64 {
@@ -50,10 +40,10 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &
     let (cos, sin) = (download(rope.tables().0), download(rope.tables().1));
 
     // Queries larger than keys, so the softmax is far from uniform.
-    let q = noise(rows * heads * d, 1, 8.0);
-    let (k_new, v_new) = (noise(rows * kv_heads * d, 2, 1.0), noise(rows * kv_heads * d, 3, 1.0));
+    let q = values(rows * heads * d, 1, 8.0);
+    let (k_new, v_new) = (values(rows * kv_heads * d, 2, 1.0), values(rows * kv_heads * d, 3, 1.0));
     let before: Vec<(Vec<f32>, Vec<f32>)> =
-        (0..rows).map(|i| (noise(kv_heads * cap * d, 10 + i as u32, 1.0), noise(kv_heads * cap * d, 100 + i as u32, 1.0))).collect();
+        (0..rows).map(|i| (values(kv_heads * cap * d, 10 + i as u32, 1.0), values(kv_heads * cap * d, 100 + i as u32, 1.0))).collect();
     let caches: Vec<(Tensor, Tensor)> =
         before.iter().map(|(k, v)| (upload(k, &[1, kv_heads, cap, d], dev), upload(v, &[1, kv_heads, cap, d], dev))).collect();
     let slots: Vec<CacheSlot> = caches.iter().zip(positions).map(|((k, v), &pos)| CacheSlot { keys: k, values: v, pos }).collect();
