@@ -8,10 +8,13 @@
 //
 // Decode (a few rows of x) runs the GEMV kernels: one warp per output row, each lane reading 8
 // code bytes at a time, so a warp's loads are contiguous and every weight byte is read once per
-// launch for up to ROWS rows of x. Larger batches dequantize to bf16 and use cuBLAS.
+// launch for up to ROWS rows of x. INT4 batches of up to MMA_T rows run int4_mma_bf16 on the
+// tensor cores, dequantizing each 64-input block in shared memory; larger ones (prompts)
+// dequantize the matrix to bf16 and use cuBLAS.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #include <stdint.h>
 
 #define ROWS 8
@@ -187,4 +190,95 @@ extern "C" __global__ void int8_dequant_bf16(const int8_t* codes, const __half* 
 #pragma unroll
     for (int i = 0; i < 8; i++) v[i] = __float2bfloat16(s * (float)b[i]);
     *reinterpret_cast<uint4*>(w + row * k + col) = *reinterpret_cast<const uint4*>(v);
+}
+
+// y (T, N) = x (T, K) . W^T for T <= MMA_T rows (a batched decode step), on the tensor cores:
+// each block takes MMA_N rows of W (one 16-row slice per warp) and every row of x; per 64-input
+// block it stages x's 64 columns and W's 64 x 64 slice, dequantized to bf16 (bf16(s * q + m),
+// as int4_dequant_bf16 writes it), in shared memory, then multiplies 16 x 16 x 16 tiles with
+// f32 accumulators. The packed codes are read once per launch, not once per row of x.
+#define MMA_T 64
+#define MMA_N 64
+#define MMA_LD 72  // padded row (bf16 values): 144 bytes, so tile rows start on 16-byte bounds
+
+extern "C" __global__ void int4_mma_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x,
+                                         __nv_bfloat16* y, int n, int k, int g, int t) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __nv_bfloat16 xs[MMA_T * MMA_LD];
+    __shared__ __align__(32) __nv_bfloat16 ws[MMA_N * MMA_LD];
+    __shared__ __align__(32) float staged[MMA_N / 16][16 * 16];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n0 = blockIdx.x * MMA_N;
+    const int tiles = (t + 15) / 16;
+    const int groups = k / g;
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MMA_T / 16];
+#pragma unroll
+    for (int i = 0; i < MMA_T / 16; i++) wmma::fill_fragment(acc[i], 0.f);
+
+    for (int k0 = 0; k0 < k; k0 += 64) {
+        // x's columns k0..k0+64 for rows 0..16*tiles (zeros past t): 8 values per thread-step.
+        for (int c = threadIdx.x; c < tiles * 16 * 8; c += blockDim.x) {
+            int r = c / 8, part = c % 8;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (r < t) v = *reinterpret_cast<const uint4*>(x + (size_t)r * k + k0 + part * 8);
+            *reinterpret_cast<uint4*>(xs + r * MMA_LD + part * 8) = v;
+        }
+        // W's 64 rows x 64 inputs: thread i dequantizes 16 code bytes (half a 32-byte block) of
+        // row i / 2: inputs j (low nibbles) and 32 + j (high), j in its half.
+        {
+            int r = threadIdx.x / 2, half = threadIdx.x % 2, row = n0 + r;
+            __align__(16) __nv_bfloat16 lo[16];
+            __align__(16) __nv_bfloat16 hi[16];
+            if (row < n) {
+                uint4 raw = *reinterpret_cast<const uint4*>(codes + (size_t)row * (k / 2) + k0 / 2 + half * 16);
+                float2 pl = __half22float2(params[(size_t)row * groups + k0 / g]);
+                float2 ph = __half22float2(params[(size_t)row * groups + (k0 + 32) / g]);
+                const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+                for (int i = 0; i < 16; i++) {
+                    lo[i] = __float2bfloat16(pl.x * (float)(b[i] & 15) + pl.y);
+                    hi[i] = __float2bfloat16(ph.x * (float)(b[i] >> 4) + ph.y);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 16; i++) lo[i] = hi[i] = __float2bfloat16(0.f);
+            }
+            uint4* wl = reinterpret_cast<uint4*>(ws + r * MMA_LD + half * 16);
+            uint4* wh = reinterpret_cast<uint4*>(ws + r * MMA_LD + 32 + half * 16);
+            wl[0] = reinterpret_cast<const uint4*>(lo)[0];
+            wl[1] = reinterpret_cast<const uint4*>(lo)[1];
+            wh[0] = reinterpret_cast<const uint4*>(hi)[0];
+            wh[1] = reinterpret_cast<const uint4*>(hi)[1];
+        }
+        __syncthreads();
+        // B (k x n) is W^T: element (kk, c) at ws[c * MMA_LD + kk], so column-major.
+#pragma unroll
+        for (int kk = 0; kk < 64; kk += 16) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+            wmma::load_matrix_sync(b, ws + warp * 16 * MMA_LD + kk, MMA_LD);
+#pragma unroll
+            for (int i = 0; i < MMA_T / 16; i++) {
+                if (i < tiles) {
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+                    wmma::load_matrix_sync(a, xs + i * 16 * MMA_LD + kk, MMA_LD);
+                    wmma::mma_sync(acc[i], a, b, acc[i]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    // Each warp's 16 columns, one 16-row tile at a time, through its staging tile.
+#pragma unroll
+    for (int i = 0; i < MMA_T / 16; i++) {
+        if (i < tiles) {
+            wmma::store_matrix_sync(staged[warp], acc[i], 16, wmma::mem_row_major);
+            __syncwarp();
+            for (int e = lane; e < 256; e += 32) {
+                int r = i * 16 + e / 16, col = n0 + warp * 16 + e % 16;
+                if (r < t && col < n) y[(size_t)r * n + col] = __float2bfloat16(staged[warp][e]);
+            }
+            __syncwarp();
+        }
+    }
 }

@@ -24,11 +24,14 @@ enum Kind {
     Int8,
 }
 
-/// Batches of up to this many rows run the GEMV kernel (one launch, reading the weights once);
-/// larger ones dequantize to bf16 and go through cuBLAS. On an H200 the GEMV made a 1B model's
-/// 32-stream decode 1.0k tokens/s (four launches, each decoding every byte eight rows over)
-/// against bf16 cuBLAS's 3.0k: past 8 rows the kernel is bound by instructions, not memory.
+/// Batches of up to this many rows run the GEMV kernel (one launch, reading the weights once).
+/// On an H200 the GEMV made a 1B model's 32-stream decode 1.0k tokens/s (four launches, each
+/// decoding every byte eight rows over) against bf16 cuBLAS's 3.0k: past 8 rows the kernel is
+/// bound by instructions, not memory.
 const GEMV_MAX_ROWS: usize = 8;
+/// INT4 batches of up to this many rows (quant.cu's MMA_T) run the tensor-core kernel, which
+/// reads the packed codes once; larger ones (prompts) dequantize to bf16 and go through cuBLAS.
+const MMA_MAX_ROWS: usize = 64;
 
 impl QuantMatrix {
     /// INT4 codes in squish's nibble layout with per-group scales and mins (w = s·q + m).
@@ -95,6 +98,8 @@ impl QuantMatrix {
         let x2 = if x2.is_contiguous() && x2.layout().start_offset() % 8 == 0 { x2 } else { x2.copy()? };
         let y = if t <= GEMV_MAX_ROWS {
             x2.apply_op3_no_bwd(&self.codes, &self.params, &Op::Gemv(self.spec()))?
+        } else if t <= MMA_MAX_ROWS && self.kind == Kind::Int4 {
+            x2.apply_op3_no_bwd(&self.codes, &self.params, &Op::Mma(self.spec()))?
         } else {
             x2.matmul(&self.dequantize()?.t()?)?
         };
@@ -126,6 +131,8 @@ struct Spec {
 enum Op {
     /// (x, codes, params) -> y
     Gemv(Spec),
+    /// (x, codes, params) -> y on the tensor cores (INT4, up to MMA_MAX_ROWS rows)
+    Mma(Spec),
     /// (codes, params) -> w
     Dequantize(Spec),
 }
@@ -161,8 +168,11 @@ impl candle_core::CustomOp3 for Op {
         params: &candle_core::CudaStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        let Op::Gemv(spec) = self else { candle_core::bail!("not a gemv") };
-        launch::gemv(*spec, x, lx, codes, params)
+        match self {
+            Op::Gemv(spec) => launch::gemv(*spec, x, lx, codes, params),
+            Op::Mma(spec) => launch::mma(*spec, x, lx, codes, params),
+            Op::Dequantize(_) => candle_core::bail!("not a product"),
+        }
     }
 }
 
@@ -230,6 +240,28 @@ mod launch {
             // SAFETY: codes, params, x and y have the sizes of an n x k matrix and t rows.
             unsafe { b.launch(cfg) }.w()?;
         }
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, spec.n))))
+    }
+
+    pub(super) fn mma(spec: Spec, x: &CudaStorage, lx: &Layout, codes: &CudaStorage, params: &CudaStorage) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let Some((o1, o2)) = lx.contiguous_offsets() else { candle_core::bail!("mma input is not contiguous") };
+        let xs = x.as_cuda_slice::<bf16>()?.slice(o1..o2);
+        let t = (o2 - o1) / spec.k;
+        if spec.kind != Kind::Int4 || t > super::MMA_MAX_ROWS {
+            candle_core::bail!("the tensor-core kernel takes INT4 and at most {} rows", super::MMA_MAX_ROWS);
+        }
+        let y = unsafe { dev.alloc::<bf16>(t * spec.n)? };
+        // quant.cu's MMA_N rows of W per block, one warp per 16 of them.
+        const MMA_N: u32 = 64;
+        let cfg = LaunchConfig { grid_dim: ((spec.n as u32).div_ceil(MMA_N), 1, 1), block_dim: (MMA_N / 16 * 32, 1, 1), shared_mem_bytes: 0 };
+        let f = dev.get_or_load_custom_func("int4_mma_bf16", MODULE, PTX)?;
+        let (c, p) = (codes.as_cuda_slice::<u8>()?, params.as_cuda_slice::<f16>()?);
+        let (n, k, g, t_i) = (spec.n as i32, spec.k as i32, spec.group as i32, t as i32);
+        let mut b = f.builder();
+        b.arg(c).arg(p).arg(&xs).arg(&y).arg(&n).arg(&k).arg(&g).arg(&t_i);
+        // SAFETY: codes, params and x have the sizes of an n x k matrix and t <= 64 rows; y t x n.
+        unsafe { b.launch(cfg) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, spec.n))))
     }
 

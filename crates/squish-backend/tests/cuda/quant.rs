@@ -1,7 +1,8 @@
 //! The kernels for squish's INT4 and INT8 matrices against squish-quant's scalar references
-//! on the same packed bytes: GEMV batches (1 to 32 rows, in launches of 8) and the
-//! dequantize-then-cuBLAS path (more rows), groups of 32 and 64, widths that are not multiples
-//! of a warp's 256-byte stride, and matrices stacked on their outputs.
+//! on the same packed bytes: GEMV batches (up to 8 rows), INT4's tensor-core kernel (9 to 64
+//! rows; INT8 dequantizes there) and the dequantize-then-cuBLAS path (more rows), groups of 32
+//! and 64, widths that are not multiples of a warp's 256-byte stride or of the tensor-core
+//! kernel's 64 rows, and matrices stacked on their outputs.
 //!
 //! Tolerance: inputs and outputs are bf16 on the GPU, so each output may differ from the f32
 //! reference (fed the same bf16-rounded inputs) by 1% of its row's largest |value|.
@@ -21,7 +22,7 @@ fn int4_and_int8_kernels_match_the_references() {
         let (v4, v8) = (q4.view(), q8.view());
         let m4 = QuantMatrix::int4(v4.codes(), v4.scales(), v4.mins(), n, k, g, &dev).unwrap();
         let m8 = QuantMatrix::int8(v8.codes(), v8.scales(), n, k, g, &dev).unwrap();
-        for t in [1, 3, 8, 9, 32, 40] {
+        for t in [1, 3, 8, 9, 32, 40, 64, 65] {
             let x = bf16_round(&noise(t * k, t as u32 + 7));
             let xt = Tensor::from_vec(x.clone(), (1, t, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap();
             let label = format!("{n}x{k} g{g}, {t} rows");
