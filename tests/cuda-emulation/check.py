@@ -1,0 +1,198 @@
+"""squish's CUDA kernels run on the CPU (emu.h) against numpy references, with the launch
+shapes and split arithmetic of the Rust host code: a check of their indexing and arithmetic
+that needs no GPU. The GPU tests (crates/*/tests/cuda*) remain the judge on real hardware.
+
+    python3 tests/cuda-emulation/check.py        (needs g++ and numpy; about a minute)
+"""
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNELS = os.path.join(HERE, "..", "..", "crates", "squish-backend", "src", "cuda")
+P = ctypes.c_void_p
+
+
+def build(name, define):
+    out = os.path.join(tempfile.gettempdir(), f"squish-emu-{name}.so")
+    src = os.path.join(KERNELS, f"{name}.cu")
+    subprocess.run(["g++", "-O2", "-fno-strict-aliasing", "-std=c++17", "-shared", "-fPIC", "-w", f"-D{define}", f'-DKERNEL_FILE="{src}"',
+                    "-I", os.path.join(HERE, "include"), os.path.join(HERE, "kernels.cpp"), "-o", out], check=True)
+    return ctypes.CDLL(out)
+
+
+def bf16(x):
+    """f32 values -> bf16 bits (round to nearest even), as __float2bfloat16."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def f32(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def ptr(a):
+    return a.ctypes.data_as(P)
+
+
+def close(label, got, want):
+    """Each row within 1% of its largest |value|."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = np.maximum(np.abs(want).max(axis=-1, keepdims=True), 1e-3)
+    worst = (np.abs(got - want) / scale).max()
+    assert worst <= 0.01, f"{label}: worst |diff| {worst:.3g} of a row's largest |value|"
+    return worst
+
+
+rng = np.random.default_rng(7)
+
+
+def values(shape, amplitude=1.0):
+    return f32(bf16(rng.uniform(-amplitude / 2, amplitude / 2, shape)))
+
+
+# ---- decode attention (attention.cu, host code in attention.rs) ----
+MAX_SEQS, TARGET_BLOCKS, MIN_SPAN = 32, 264, 32
+
+
+def split(pairs, keys):
+    want = max(1, min(-(-TARGET_BLOCKS // max(pairs, 1)), keys // MIN_SPAN))
+    span = max(1, -(-keys // want))
+    return -(-keys // span), span
+
+
+class Caches(ctypes.Structure):
+    _fields_ = [("k", ctypes.c_uint64 * MAX_SEQS), ("v", ctypes.c_uint64 * MAX_SEQS), ("pos", ctypes.c_int * MAX_SEQS)]
+
+
+def check_attention(lib, heads, kv_heads, d, positions, stacked):
+    rows, group, half = len(positions), heads // kv_heads, d // 2
+    cap = max(positions) + 2
+    inv = 1.0 / 10000 ** (2 * np.arange(half) / d)
+    ang = np.arange(cap)[:, None] * inv[None, :]
+    cos, sin = bf16(np.cos(ang)), bf16(np.sin(ang))
+    q, kn, vn = values((rows, heads * d), 8.0), values((rows, kv_heads * d)), values((rows, kv_heads * d))
+    if stacked:
+        joint = bf16(np.concatenate([q, kn, vn], axis=1))
+        qb, kb, vb = joint, joint[:, heads * d:], joint[:, heads * d + kv_heads * d:]
+        stride = joint.shape[1]
+        qst = kst = vst = stride
+        addr = lambda a: a.__array_interface__["data"][0]  # a view's first element
+    else:
+        qb, kb, vb = bf16(q), bf16(kn), bf16(vn)
+        qst, kst, vst = heads * d, kv_heads * d, kv_heads * d
+        addr = lambda a: a.ctypes.data
+    caches = [(bf16(values((kv_heads, cap, d))), bf16(values((kv_heads, cap, d)))) for _ in range(rows)]
+    before = [(k.copy(), v.copy()) for k, v in caches]
+    out = np.zeros((rows, heads * d), np.uint16)
+    for c0 in range(0, rows, MAX_SEQS):
+        chunk = list(range(c0, min(rows, c0 + MAX_SEQS)))
+        table = Caches()
+        for i, s in enumerate(chunk):
+            table.k[i], table.v[i], table.pos[i] = caches[s][0].ctypes.data, caches[s][1].ctypes.data, positions[s]
+        splits, span = split(len(chunk) * kv_heads, max(positions[s] for s in chunk) + 1)
+        part = np.zeros(max(1, len(chunk) * heads * splits * (d + 2)), np.float32) if splits > 1 else np.zeros(1, np.float32)
+        lib.emu_decode_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), ptr(cos), ptr(sin), ptr(out), ptr(part), ctypes.byref(table),
+                                 len(chunk), c0, qst, kst, vst, heads, kv_heads, d, cap, ctypes.c_float(1 / np.sqrt(d)), splits, span)
+    got = f32(out)
+    worst = 0.0
+    for s, pos in enumerate(positions):
+        kc, vc = f32(caches[s][0]), f32(caches[s][1])
+        c, sn = f32(cos[pos]).astype(np.float64), f32(sin[pos]).astype(np.float64)
+        rot = lambda x: np.concatenate([x[:half] * c - x[half:] * sn, x[:half] * sn + x[half:] * c])
+        for h in range(kv_heads):
+            keep = np.arange(cap) != pos
+            assert (caches[s][0][h][keep] == before[s][0][h][keep]).all() and (caches[s][1][h][keep] == before[s][1][h][keep]).all(), \
+                f"{heads}/{kv_heads} {positions}: seq {s} kv head {h}: a cache position other than {pos} changed"
+            want_k = rot(kn[s, h * d:(h + 1) * d].astype(np.float64))
+            assert np.allclose(kc[h, pos], want_k, rtol=1e-2, atol=1e-6), f"seq {s} kv head {h}: stored key"
+            assert (vc[h, pos] == vn[s, h * d:(h + 1) * d]).all(), f"seq {s} kv head {h}: stored value"
+            for g in range(group):
+                hq = h * group + g
+                qr = f32(bf16(rot(q[s, hq * d:(hq + 1) * d].astype(np.float64))))
+                scores = kc[h, :pos + 1].astype(np.float64) @ qr / np.sqrt(d)
+                p = np.exp(scores - scores.max())
+                want = (p[:, None] * vc[h, :pos + 1]).sum(0) / p.sum()
+                worst = max(worst, close(f"attention {heads}/{kv_heads} d{d} {positions} stacked={stacked} seq {s} head {hq}",
+                                         got[s, hq * d:(hq + 1) * d][None], want[None]))
+    return worst
+
+
+# ---- fused.cu ----
+def check_fused(lib):
+    worst = 0.0
+    for t, width in [(1, 4864), (3, 1536), (9, 96)]:
+        joint = values((t, 2 * width), 8.0)
+        jb = bf16(joint)
+        out = np.zeros((t, width), np.uint16)
+        lib.emu_silu_mul(ptr(jb), P(jb.ctypes.data + 2 * width), ptr(out), t, width, 2 * width, 2 * width)
+        g, u = joint[:, :width].astype(np.float64), joint[:, width:].astype(np.float64)
+        worst = max(worst, close(f"silu_mul {t}x{width}", f32(out), g / (1 + np.exp(-g)) * u))
+    for t, width in [(1, 3584), (5, 576), (2, 100)]:
+        x, y, w = values((t, width), 4.0), values((t, width)), f32(bf16(rng.uniform(0.5, 1.5, width)))
+        out = np.zeros((2, t, width), np.uint16)
+        lib.emu_add_rms_norm(ptr(bf16(x)), ptr(bf16(y)), ptr(bf16(w)), ptr(out), t, width, ctypes.c_float(1e-6))
+        s = f32(bf16(x + y))
+        assert (f32(out[0]) == s).all(), f"add_rms_norm {t}x{width}: the residual sum"
+        s64 = s.astype(np.float64)
+        want = s64 / np.sqrt((s64 ** 2).mean(-1, keepdims=True) + 1e-6) * w
+        worst = max(worst, close(f"add_rms_norm {t}x{width}", f32(out[1]), want))
+    return worst
+
+
+# ---- quant.cu: INT4 GEMV and tensor-core kernel ----
+def int4_matrix(n, k, g):
+    w = rng.normal(0, 1, (n, k))
+    q = np.zeros((n, k), np.uint8)
+    params = np.zeros((n, k // g, 2), np.float16)
+    for j in range(k // g):
+        blk = w[:, j * g:(j + 1) * g]
+        lo, hi = blk.min(1), blk.max(1)
+        scale = np.maximum((hi - lo) / 15, 1e-8).astype(np.float16)
+        mn = lo.astype(np.float16)
+        params[:, j, 0], params[:, j, 1] = scale, mn
+        q[:, j * g:(j + 1) * g] = np.clip(np.round((blk - mn.astype(np.float64)[:, None]) / scale.astype(np.float64)[:, None]), 0, 15)
+    # 64-input blocks of 32 bytes: byte j holds input j (low nibble) and 32 + j (high).
+    blocks = q.reshape(n, k // 64, 2, 32)
+    codes = (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).astype(np.uint8).reshape(n, k // 2)
+    s = params[:, :, 0].astype(np.float32).repeat(g, 1)
+    m = params[:, :, 1].astype(np.float32).repeat(g, 1)
+    return np.ascontiguousarray(codes), np.ascontiguousarray(params), s * q.astype(np.float32) + m
+
+
+def check_quant(lib):
+    worst = 0.0
+    for n, k, g in [(200, 576, 64), (96, 1536, 32), (37, 64, 64)]:
+        codes, params, w = int4_matrix(n, k, g)
+        for t in [1, 8, 9, 40, 64]:
+            x = values((t, k))
+            xb = bf16(x)
+            y = np.zeros((t, n), np.uint16)
+            fn = lib.emu_int4_gemv if t <= 8 else lib.emu_int4_mma
+            fn(ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t)
+            # The tensor-core kernel multiplies bf16-rounded weights, as dequantize + cuBLAS did.
+            wr = w if t <= 8 else f32(bf16(w))
+            worst = max(worst, close(f"int4 {'gemv' if t <= 8 else 'mma'} {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ wr.T.astype(np.float64)))
+    return worst
+
+
+def main():
+    att = build("attention", "EMU_ATTENTION")
+    worst = 0.0
+    for pos in [0, 1, 37, 64, 300]:
+        worst = max(worst, check_attention(att, 28, 4, 128, [pos], False))
+    worst = max(worst, check_attention(att, 28, 4, 128, [200], True))
+    worst = max(worst, check_attention(att, 28, 4, 128, [0, 5, 300, 150], False))
+    worst = max(worst, check_attention(att, 9, 3, 64, [3, 140, 77], True))
+    worst = max(worst, check_attention(att, 8, 2, 64, [(i * 37) % 100 for i in range(40)], False))
+    print(f"attention: ok (worst {worst:.2e} of a head's largest |value|)")
+    print(f"fused: ok (worst {check_fused(build('fused', 'EMU_FUSED')):.2e})")
+    print(f"int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+// Entry points for check.py: each runs one of squish's CUDA kernels (included as they are) on
+// the CPU through emu.h, with the launch shapes the Rust host code uses. One translation unit
+// per .cu file (build with -DKERNEL_FILE=...), since the files reuse macro names.
+#include "emu.h"
+#include KERNEL_FILE
+
+extern "C" {
+#if defined(EMU_ATTENTION)
+void emu_decode_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* cos_t,
+                          const __nv_bfloat16* sin_t, __nv_bfloat16* out, float* part, const Caches* c, int rows, int s0, int qst,
+                          int kst, int vst, int heads, int kv_heads, int d, int cap, float scale, int splits, int span) {
+    emu::launch({(unsigned)rows, (unsigned)kv_heads, (unsigned)splits}, {32 * WARPS}, [&] {
+        decode_attention_bf16(q, k, v, cos_t, sin_t, out, part, *c, s0, qst, kst, vst, heads, kv_heads, d, cap, scale, splits, span);
+    });
+    if (splits > 1)
+        emu::launch({(unsigned)rows, (unsigned)heads, 1}, {(unsigned)d}, [&] { decode_attention_merge(part, out, s0, heads, kv_heads, d, splits); });
+}
+#elif defined(EMU_FUSED)
+void emu_silu_mul(const __nv_bfloat16* gate, const __nv_bfloat16* up, __nv_bfloat16* out, int rows, int width, int gst, int ust) {
+    emu::launch({(unsigned)((rows * width + THREADS - 1) / THREADS)}, {THREADS}, [&] { silu_mul_bf16(gate, up, out, rows, width, gst, ust); });
+}
+void emu_add_rms_norm(const __nv_bfloat16* x, const __nv_bfloat16* y, const __nv_bfloat16* w, __nv_bfloat16* out, int rows, int width, float eps) {
+    emu::launch({(unsigned)rows}, {THREADS}, [&] { add_rms_norm_bf16(x, y, w, out, rows, width, eps); });
+}
+#elif defined(EMU_QUANT)
+void emu_int4_gemv(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t) {
+    for (int t0 = 0; t0 < t; t0 += ROWS) {
+        int rows = t - t0 < ROWS ? t - t0 : ROWS;
+        emu::launch({(unsigned)((n + WARPS - 1) / WARPS)}, {32 * WARPS}, [&] { int4_gemv_bf16(codes, params, x, y, n, k, g, t0, rows); });
+    }
+}
+void emu_int4_mma(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t) {
+    emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N)}, {MMA_N / 16 * 32}, [&] { int4_mma_bf16(codes, params, x, y, n, k, g, t); });
+}
+#endif
+}
