@@ -144,7 +144,7 @@ def check_fused(lib):
     return worst
 
 
-# ---- quant.cu: INT4 GEMV and tensor-core kernel ----
+# ---- quant.cu: the GEMVs and INT4's tensor-core kernel ----
 def int4_matrix(n, k, g):
     w = rng.normal(0, 1, (n, k))
     q = np.zeros((n, k), np.uint8)
@@ -166,6 +166,16 @@ def int4_matrix(n, k, g):
 
 def check_quant(lib):
     worst = 0.0
+    for n, k, g in [(200, 576, 32), (37, 1536, 64)]:
+        w = rng.normal(0, 1, (n, k))
+        scales = (np.abs(w).reshape(n, k // g, g).max(-1) / 127).astype(np.float16)
+        s = scales.astype(np.float64).repeat(g, 1)
+        codes = np.clip(np.round(w / s), -127, 127).astype(np.int8)
+        for t in [1, 8, 13]:
+            x = values((t, k))
+            y = np.zeros((t, n), np.uint16)
+            lib.emu_int8_gemv(ptr(codes), ptr(scales), ptr(bf16(x)), ptr(y), n, k, g, t)
+            worst = max(worst, close(f"int8 gemv {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ (s * codes).T))
     for n, k, g in [(200, 576, 64), (96, 1536, 32), (37, 64, 64)]:
         codes, params, w = int4_matrix(n, k, g)
         for t in [1, 8, 9, 40, 64]:
@@ -191,7 +201,7 @@ def main():
     worst = max(worst, check_attention(att, 8, 2, 64, [(i * 37) % 100 for i in range(40)], False))
     print(f"attention: ok (worst {worst:.2e} of a head's largest |value|)")
     print(f"fused: ok (worst {check_fused(build('fused', 'EMU_FUSED')):.2e})")
-    print(f"int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
+    print(f"int8 gemv, int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ void emu_int4_gemv(const uint8_t* codes, const __half2* params, const __nv_bfloa
         emu::launch({(unsigned)((n + WARPS - 1) / WARPS)}, {32 * WARPS}, [&] { int4_gemv_bf16(codes, params, x, y, n, k, g, t0, rows); });
     }
 }
+void emu_int8_gemv(const int8_t* codes, const __half* scales, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t) {
+    for (int t0 = 0; t0 < t; t0 += ROWS) {
+        int rows = t - t0 < ROWS ? t - t0 : ROWS;
+        emu::launch({(unsigned)((n + WARPS - 1) / WARPS)}, {32 * WARPS}, [&] { int8_gemv_bf16(codes, scales, x, y, n, k, g, t0, rows); });
+    }
+}
 void emu_int4_mma(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t) {
     emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N)}, {MMA_N / 16 * 32}, [&] { int4_mma_bf16(codes, params, x, y, n, k, g, t); });
 }
