@@ -45,10 +45,6 @@ enum Fused {
     AddRmsNorm { eps: f32 },
 }
 
-fn no_cpu<T>() -> candle_core::Result<T> {
-    candle_core::bail!("squish's fused GPU kernels run on CUDA devices only")
-}
-
 impl candle_core::CustomOp2 for Fused {
     fn name(&self) -> &'static str {
         "squish-silu-mul"
@@ -61,7 +57,7 @@ impl candle_core::CustomOp2 for Fused {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        no_cpu()
+        super::no_cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -90,7 +86,7 @@ impl candle_core::CustomOp3 for Fused {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        no_cpu()
+        super::no_cpu()
     }
 
     #[cfg(feature = "cuda")]

@@ -10,3 +10,8 @@ mod quant;
 
 pub use attention::{decode_attention, CacheSlot};
 pub use quant::QuantMatrix;
+
+/// The CPU half of squish's custom ops: their kernels run on CUDA devices only.
+fn no_cpu<T>() -> candle_core::Result<T> {
+    candle_core::bail!("squish's GPU kernels run on CUDA devices only")
+}

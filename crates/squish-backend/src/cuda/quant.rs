@@ -137,10 +137,6 @@ enum Op {
     Dequantize(Spec),
 }
 
-fn no_cpu<T>() -> candle_core::Result<T> {
-    candle_core::bail!("squish's GPU matrix kernels run on CUDA devices only")
-}
-
 impl candle_core::CustomOp3 for Op {
     fn name(&self) -> &'static str {
         "squish-quant-gemv"
@@ -155,7 +151,7 @@ impl candle_core::CustomOp3 for Op {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        no_cpu()
+        super::no_cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -188,7 +184,7 @@ impl candle_core::CustomOp2 for Op {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        no_cpu()
+        super::no_cpu()
     }
 
     #[cfg(feature = "cuda")]
