@@ -195,8 +195,8 @@ impl Decoder {
     }
 
     /// The final norm and RoPE, and the embeddings and head when `embeddings`: layers are then
-    /// run one at a time with [`Decoder::layer_forward`] (layer-by-layer calibration, which
-    /// embeds by itself and needs no head).
+    /// run one at a time through [`Decoder::stage_attn_in`] and the stages after it
+    /// (layer-by-layer calibration, which embeds by itself and needs no head).
     pub(crate) fn load_without_layers(
         cfg: &ModelConfig,
         w: &Weights,
@@ -296,13 +296,18 @@ impl Decoder {
             ids.extend_from_slice(s.tokens);
         }
         let mut x = self.embed_rows(&ids)?;
+        // Each layer ends with its residual add fused with the norm after it: the next layer's
+        // attention norm, or the final norm (one launch instead of two on a GPU).
+        let first_norm = self.layers.first().map_or(&self.norm, |l| &l.attn_norm);
+        let mut n = rms_norm(&x, first_norm, self.eps())?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, i, i, x, steps, obs)?;
+            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.attn_norm);
+            (x, n) = self.layer_forward(layer, i, (x, n), next_norm, steps, obs)?;
         }
         for s in steps.iter_mut() {
             s.cache.commit(s.tokens);
         }
-        self.final_norm(&x)
+        Ok(n)
     }
 
     /// ids -> (1, t, hidden)
@@ -314,33 +319,33 @@ impl Decoder {
         Ok(rms_norm(x, &self.norm, self.eps())?)
     }
 
-    /// One decoder layer: x (1, t, hidden) -> (1, t, hidden). `i` names its taps; its keys and
-    /// values go to slot `cache_slot` of each step's cache.
-    pub(crate) fn layer_forward(
+    /// Decoder layer `i` (which names its taps; its keys and values go to slot i of each
+    /// step's cache): x (1, t, hidden) and its attention-normed n -> the layer's output and
+    /// that output normed by `next_norm`.
+    fn layer_forward(
         &self,
         layer: &Layer,
         i: usize,
-        cache_slot: usize,
-        x: Tensor,
+        (x, n): (Tensor, Tensor),
+        next_norm: &Tensor,
         steps: &mut [Step<'_>],
         obs: &mut dyn Observer,
-    ) -> Result<Tensor, ModelError> {
+    ) -> Result<(Tensor, Tensor), ModelError> {
         let segments: Vec<(usize, Option<usize>)> = steps.iter().map(|s| (s.tokens.len(), s.adapter)).collect();
         let proj = |t: Target, lin: &Linear, x: &Tensor| add_deltas(&self.adapters, &segments, i, t, x, lin.forward(x)?);
-        let n = rms_norm(&x, &layer.attn_norm, self.eps())?;
         obs.observe(Tap::AttnIn(i), &n)?;
         let a = &layer.attn;
         let [q, k, v] = a.qkv.forward(&n)?;
         let delta = |t: Target, y: Tensor| add_deltas(&self.adapters, &segments, i, t, &n, y);
         let qkv = (delta(Target::Q, q)?, delta(Target::K, k)?, delta(Target::V, v)?);
-        let att = self.attention(a, qkv, steps, cache_slot)?;
+        let att = self.attention(a, qkv, steps, i)?;
         obs.observe(Tap::AttnOut(i), &att)?;
         let (x, n) = add_rms_norm(&x, &proj(Target::O, &a.o, &att)?, &layer.mlp_norm, self.eps())?;
         obs.observe(Tap::MlpIn(i), &n)?;
         let [gate, up] = layer.gate_up.forward(&n)?;
         let mid = silu_mul(&add_deltas(&self.adapters, &segments, i, Target::Gate, &n, gate)?, &add_deltas(&self.adapters, &segments, i, Target::Up, &n, up)?)?;
         obs.observe(Tap::MlpMid(i), &mid)?;
-        Ok((x + proj(Target::Down, &layer.down, &mid)?)?)
+        Ok(add_rms_norm(&x, &proj(Target::Down, &layer.down, &mid)?, next_norm, self.eps())?)
     }
 
     /// `layer_forward` (no adapters, no observer) in the pieces between its taps, for
