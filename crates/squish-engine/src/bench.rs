@@ -40,10 +40,11 @@ pub fn bench_run(model: &Model, p: usize, n: usize) -> Result<BenchRun, ModelErr
         let prefill_s = t0.elapsed().as_secs_f64();
         cache.truncate(0);
         let t1 = Instant::now();
-        let mut logits = model.decoder.last_logits(&model.decoder.forward(&prompt[..1], &mut cache)?)?;
+        // Greedy picks where the logits are (on a GPU, one id comes back, not a vocabulary of
+        // logits), as bench_streams and serving's greedy requests take them.
+        let mut token = model.decoder.greedy_at(&model.decoder.forward(&prompt[..1], &mut cache)?, &[0])?[0];
         for _ in 0..n {
-            let token = argmax(&logits);
-            logits = model.decoder.last_logits(&model.decoder.forward(&[token], &mut cache)?)?;
+            token = model.decoder.greedy_at(&model.decoder.forward(&[token], &mut cache)?, &[0])?[0];
         }
         Ok(BenchRun { prefill_s, decode_s: t1.elapsed().as_secs_f64() })
     })
