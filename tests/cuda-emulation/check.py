@@ -178,15 +178,22 @@ def check_quant(lib):
             worst = max(worst, close(f"int8 gemv {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ (s * codes).T))
     for n, k, g in [(200, 576, 64), (96, 1536, 32), (37, 64, 64)]:
         codes, params, w = int4_matrix(n, k, g)
-        for t in [1, 8, 9, 40, 64]:
+        # (rows, input stretches): the GEMV for up to 8 rows, the tensor-core kernel above,
+        # its inputs split in stretches (uneven ones too: 9 or 24 steps in 2, 5 or 7).
+        for t, splits in [(1, 1), (8, 1), (9, 1), (40, 1), (64, 1), (16, 2), (33, 5), (12, 7)]:
+            steps = k // 64
+            splits = min(splits, steps)
             x = values((t, k))
             xb = bf16(x)
             y = np.zeros((t, n), np.uint16)
-            fn = lib.emu_int4_gemv if t <= 8 else lib.emu_int4_mma
-            fn(ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t)
+            if t <= 8:
+                lib.emu_int4_gemv(ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t)
+            else:
+                lib.emu_int4_mma(ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t, splits)
             # The tensor-core kernel multiplies bf16-rounded weights, as dequantize + cuBLAS did.
             wr = w if t <= 8 else f32(bf16(w))
-            worst = max(worst, close(f"int4 {'gemv' if t <= 8 else 'mma'} {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ wr.T.astype(np.float64)))
+            label = f"int4 {'gemv' if t <= 8 else f'mma ({splits} stretches)'} {n}x{k} g{g} t{t}"
+            worst = max(worst, close(label, f32(y), x.astype(np.float64) @ wr.T.astype(np.float64)))
     return worst
 
 

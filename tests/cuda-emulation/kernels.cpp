@@ -35,8 +35,13 @@ void emu_int8_gemv(const int8_t* codes, const __half* scales, const __nv_bfloat1
         emu::launch({(unsigned)((n + WARPS - 1) / WARPS)}, {32 * WARPS}, [&] { int8_gemv_bf16(codes, scales, x, y, n, k, g, t0, rows); });
     }
 }
-void emu_int4_mma(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t) {
-    emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N)}, {MMA_N / 16 * 32}, [&] { int4_mma_bf16(codes, params, x, y, n, k, g, t); });
+void emu_int4_mma(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t,
+                  int splits) {
+    std::vector<float> part(splits > 1 ? (size_t)splits * t * n : 1);
+    emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N), (unsigned)splits}, {MMA_N / 16 * 32},
+                [&] { int4_mma_bf16(codes, params, x, y, part.data(), n, k, g, t, splits); });
+    if (splits > 1)
+        emu::launch({(unsigned)((t * n + 255) / 256)}, {256}, [&] { int4_mma_reduce(part.data(), y, n, t, splits); });
 }
 #endif
 }

@@ -197,12 +197,16 @@ extern "C" __global__ void int8_dequant_bf16(const int8_t* codes, const __half* 
 // block it stages x's 64 columns and W's 64 x 64 slice, dequantized to bf16 (bf16(s * q + m),
 // as int4_dequant_bf16 writes it), in shared memory, then multiplies 16 x 16 x 16 tiles with
 // f32 accumulators. The packed codes are read once per launch, not once per row of x.
+// A matrix of few row slices and long rows (down_proj: 56 slices of 18944 inputs on a 7B)
+// would leave most SMs idle while each block walks its row, so blockIdx.y splits the inputs
+// into `splits` stretches: each block then writes its f32 partial to `part` (splits, T, N) and
+// int4_mma_reduce sums them. With one stretch the block writes y itself.
 #define MMA_T 64
 #define MMA_N 64
 #define MMA_LD 72  // padded row (bf16 values): 144 bytes, so tile rows start on 16-byte bounds
 
 extern "C" __global__ void int4_mma_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x,
-                                         __nv_bfloat16* y, int n, int k, int g, int t) {
+                                         __nv_bfloat16* y, float* part, int n, int k, int g, int t, int splits) {
     using namespace nvcuda;
     __shared__ __align__(32) __nv_bfloat16 xs[MMA_T * MMA_LD];
     __shared__ __align__(32) __nv_bfloat16 ws[MMA_N * MMA_LD];
@@ -216,7 +220,10 @@ extern "C" __global__ void int4_mma_bf16(const uint8_t* codes, const __half2* pa
 #pragma unroll
     for (int i = 0; i < MMA_T / 16; i++) wmma::fill_fragment(acc[i], 0.f);
 
-    for (int k0 = 0; k0 < k; k0 += 64) {
+    // This block's stretch of 64-input blocks: every stretch but the last has `per`.
+    const int per = (k / 64 + splits - 1) / splits;
+    const int k_begin = blockIdx.y * per * 64, k_end = min(k, k_begin + per * 64);
+    for (int k0 = k_begin; k0 < k_end; k0 += 64) {
         // x's columns k0..k0+64 for rows 0..16*tiles (zeros past t): 8 values per thread-step.
         for (int c = threadIdx.x; c < tiles * 16 * 8; c += blockDim.x) {
             int r = c / 8, part = c % 8;
@@ -276,9 +283,20 @@ extern "C" __global__ void int4_mma_bf16(const uint8_t* codes, const __half2* pa
             __syncwarp();
             for (int e = lane; e < 256; e += 32) {
                 int r = i * 16 + e / 16, col = n0 + warp * 16 + e % 16;
-                if (r < t && col < n) y[(size_t)r * n + col] = __float2bfloat16(staged[warp][e]);
+                if (r >= t || col >= n) continue;
+                if (splits == 1) y[(size_t)r * n + col] = __float2bfloat16(staged[warp][e]);
+                else part[((size_t)blockIdx.y * t + r) * n + col] = staged[warp][e];
             }
             __syncwarp();
         }
     }
+}
+
+// y (T, N) = the sum of int4_mma_bf16's `splits` partials, in stretch order.
+extern "C" __global__ void int4_mma_reduce(const float* part, __nv_bfloat16* y, int n, int t, int splits) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)t * n) return;
+    float sum = 0.f;
+    for (int z = 0; z < splits; z++) sum += part[(size_t)z * t * n + i];
+    y[i] = __float2bfloat16(sum);
 }

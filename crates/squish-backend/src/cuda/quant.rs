@@ -32,6 +32,25 @@ const GEMV_MAX_ROWS: usize = 8;
 /// INT4 batches of up to this many rows (quant.cu's MMA_T) run the tensor-core kernel, which
 /// reads the packed codes once; larger ones (prompts) dequantize to bf16 and go through cuBLAS.
 const MMA_MAX_ROWS: usize = 64;
+/// Rows of the matrix per tensor-core block (quant.cu's MMA_N).
+const MMA_N: usize = 64;
+/// Blocks a tensor-core launch aims for: four per SM of an H100/H200 (132 SMs), so each SM
+/// has other blocks' loads in flight while one waits.
+const MMA_TARGET_BLOCKS: usize = 528;
+/// Fewest 64-input steps a split stretch takes, so a partial's round trip stays small beside
+/// its work.
+const MMA_MIN_STEPS: usize = 8;
+
+/// Into how many stretches the tensor-core kernel splits the inputs of an n x k matrix, and
+/// the stretch length in 64-input steps: enough blocks to fill the GPU, every stretch full
+/// but the last.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn mma_split(n: usize, k: usize) -> (usize, usize) {
+    let steps = k / 64;
+    let want = MMA_TARGET_BLOCKS.div_ceil(n.div_ceil(MMA_N)).min(steps / MMA_MIN_STEPS).max(1);
+    let per = steps.div_ceil(want).max(1);
+    (steps.div_ceil(per), per)
+}
 
 impl QuantMatrix {
     /// INT4 codes in squish's nibble layout with per-group scales and mins (w = s·q + m).
@@ -248,16 +267,32 @@ mod launch {
             candle_core::bail!("the tensor-core kernel takes INT4 and at most {} rows", super::MMA_MAX_ROWS);
         }
         let y = unsafe { dev.alloc::<bf16>(t * spec.n)? };
-        // quant.cu's MMA_N rows of W per block, one warp per 16 of them.
-        const MMA_N: u32 = 64;
-        let cfg = LaunchConfig { grid_dim: ((spec.n as u32).div_ceil(MMA_N), 1, 1), block_dim: (MMA_N / 16 * 32, 1, 1), shared_mem_bytes: 0 };
+        let (splits, _) = super::mma_split(spec.n, spec.k);
+        // With one stretch the kernel writes y and never touches `part`.
+        let part = unsafe { dev.alloc::<f32>(if splits > 1 { splits * t * spec.n } else { 1 })? };
+        // MMA_N rows of W per block, one warp per 16 of them; blockIdx.y the input stretch.
+        let cfg = LaunchConfig {
+            grid_dim: (spec.n.div_ceil(super::MMA_N) as u32, splits as u32, 1),
+            block_dim: (super::MMA_N as u32 / 16 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let f = dev.get_or_load_custom_func("int4_mma_bf16", MODULE, PTX)?;
         let (c, p) = (codes.as_cuda_slice::<u8>()?, params.as_cuda_slice::<f16>()?);
-        let (n, k, g, t_i) = (spec.n as i32, spec.k as i32, spec.group as i32, t as i32);
+        let (n, k, g, t_i, splits_i) = (spec.n as i32, spec.k as i32, spec.group as i32, t as i32, splits as i32);
         let mut b = f.builder();
-        b.arg(c).arg(p).arg(&xs).arg(&y).arg(&n).arg(&k).arg(&g).arg(&t_i);
-        // SAFETY: codes, params and x have the sizes of an n x k matrix and t <= 64 rows; y t x n.
+        b.arg(c).arg(p).arg(&xs).arg(&y).arg(&part).arg(&n).arg(&k).arg(&g).arg(&t_i).arg(&splits_i);
+        // SAFETY: codes, params and x have the sizes of an n x k matrix and t <= 64 rows; y is
+        // t x n, part splits x t x n where splits > 1.
         unsafe { b.launch(cfg) }.w()?;
+        if splits > 1 {
+            const THREADS: u32 = 256;
+            let cfg = LaunchConfig { grid_dim: (((t * spec.n) as u32).div_ceil(THREADS), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            let f = dev.get_or_load_custom_func("int4_mma_reduce", MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&part).arg(&y).arg(&n).arg(&t_i).arg(&splits_i);
+            // SAFETY: part holds splits x t x n partials written by the launch before.
+            unsafe { b.launch(cfg) }.w()?;
+        }
         Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, spec.n))))
     }
 
@@ -279,5 +314,28 @@ mod launch {
         b.arg(c).arg(p).arg(&w).arg(&n).arg(&k).arg(&g);
         unsafe { b.launch(cfg) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(w, dev), Shape::from((spec.n, spec.k))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mma_split;
+
+    /// Stretches cover every 64-input step once, none empty, and only matrices of few row
+    /// slices split.
+    #[test]
+    fn mma_splits_cover_the_inputs() {
+        assert_eq!(mma_split(3584, 18944), (10, 30)); // Qwen2.5-7B down_proj: 56 slices
+        assert_eq!(mma_split(4608, 3584), (7, 8)); // its stacked q/k/v: 72 slices
+        assert_eq!(mma_split(37888, 3584), (1, 56)); // its stacked gate/up: 592 slices
+        assert_eq!(mma_split(64, 64), (1, 1));
+        for n in [37, 64, 200, 3584, 40000] {
+            for k in [64, 576, 1536, 3584, 18944] {
+                let (splits, per) = mma_split(n, k);
+                let steps = k / 64;
+                assert!(splits * per >= steps && (splits - 1) * per < steps, "{n} x {k}: {splits} x {per}");
+                assert!(splits == 1 || per >= super::MMA_MIN_STEPS, "{n} x {k}: {per} steps a stretch");
+            }
+        }
     }
 }
