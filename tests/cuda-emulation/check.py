@@ -95,7 +95,7 @@ def check_attention(lib, heads, kv_heads, d, positions, stacked):
         for i, s in enumerate(chunk):
             table.k[i], table.v[i], table.pos[i] = caches[s][0].ctypes.data, caches[s][1].ctypes.data, positions[s]
         splits, span = split(len(chunk) * kv_heads, max(positions[s] for s in chunk) + 1)
-        part = np.zeros(max(1, len(chunk) * heads * splits * (d + 2)), np.float32) if splits > 1 else np.zeros(1, np.float32)
+        part = np.zeros(len(chunk) * heads * splits * (d + 2) if splits > 1 else 1, np.float32)
         lib.emu_decode_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), ptr(cos), ptr(sin), ptr(out), ptr(part), ctypes.byref(table),
                                  len(chunk), c0, qst, kst, vst, heads, kv_heads, d, cap, ctypes.c_float(1 / np.sqrt(d)), splits, span)
     got = f32(out)

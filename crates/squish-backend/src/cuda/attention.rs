@@ -101,10 +101,8 @@ mod imp {
     /// with unit last stride (a stacked q/k/v product narrowed to one of them), or a contiguous
     /// copy. None where the shape is not `rows` x `width`.
     fn rows_of(t: &Tensor, rows: usize, width: usize) -> candle_core::Result<Option<(Tensor, i32)>> {
-        if let ([1, r, w], [_, row_stride, 1]) = (t.dims(), t.stride()) {
-            if (*r, *w) == (rows, width) {
-                return Ok(Some((t.clone(), *row_stride as i32)));
-            }
+        if let Some(stride) = super::super::row_stride(t).filter(|_| t.dims()[1..] == [rows, width]) {
+            return Ok(Some((t.clone(), stride as i32)));
         }
         let t = t.contiguous()?;
         Ok((t.elem_count() == rows * width).then_some((t, width as i32)))

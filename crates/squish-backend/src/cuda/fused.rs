@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 /// stacked gate/up product). -> (1, t, width), contiguous.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     let fits = gate.device().is_cuda() && gate.dtype() == DType::BF16 && up.dtype() == DType::BF16 && gate.dims() == up.dims();
-    if !fits || row_stride(gate).is_none() || row_stride(up).is_none() {
+    if !fits || super::row_stride(gate).is_none() || super::row_stride(up).is_none() {
         return Ok(None);
     }
     Ok(Some(gate.apply_op2_no_bwd(up, &Fused::SiluMul)?))
@@ -29,14 +29,6 @@ pub fn add_rms_norm(x: &Tensor, y: &Tensor, w: &Tensor, eps: f32) -> Result<Opti
     }
     let both = x.apply_op3_no_bwd(y, w, &Fused::AddRmsNorm { eps })?;
     Ok(Some((both.get(0)?, both.get(1)?)))
-}
-
-/// The distance between rows of a rank-3 view (1, t, width) whose last dimension is dense.
-fn row_stride(t: &Tensor) -> Option<usize> {
-    match (t.dims(), t.stride()) {
-        ([1, _, _], [_, s, 1]) => Some(*s),
-        _ => None,
-    }
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

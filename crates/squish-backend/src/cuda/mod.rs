@@ -15,3 +15,12 @@ pub use quant::QuantMatrix;
 fn no_cpu<T>() -> candle_core::Result<T> {
     candle_core::bail!("squish's GPU kernels run on CUDA devices only")
 }
+
+/// The distance between rows of a rank-3 view (1, t, width) whose last dimension is dense: a
+/// product, or one piece of a stacked product (q of q/k/v, gate of gate/up), read in place.
+fn row_stride(t: &candle_core::Tensor) -> Option<usize> {
+    match (t.dims(), t.stride()) {
+        ([1, _, _], [_, s, 1]) => Some(*s),
+        _ => None,
+    }
+}
