@@ -122,6 +122,52 @@ def check_attention(lib, heads, kv_heads, d, positions, stacked):
     return worst
 
 
+# ---- prompt attention (prefill.cu, host code in prefill.rs) ----
+def check_prefill(lib, heads, kv_heads, d, start, t, stacked):
+    group, half = heads // kv_heads, d // 2
+    cap = start + t + 3
+    inv = 1.0 / 10000 ** (2 * np.arange(half) / d)
+    ang = np.arange(cap)[:, None] * inv[None, :]
+    cos, sin = bf16(np.cos(ang)), bf16(np.sin(ang))
+    q, kn, vn = values((t, heads * d), 8.0), values((t, kv_heads * d)), values((t, kv_heads * d))
+    if stacked:
+        joint = bf16(np.concatenate([q, kn, vn], axis=1))
+        qb, kb, vb = joint, joint[:, heads * d:], joint[:, heads * d + kv_heads * d:]
+        qst = kst = vst = joint.shape[1]
+        addr = lambda a: a.__array_interface__["data"][0]
+    else:
+        qb, kb, vb = bf16(q), bf16(kn), bf16(vn)
+        qst, kst, vst = heads * d, kv_heads * d, kv_heads * d
+        addr = lambda a: a.ctypes.data
+    kc, vc = bf16(values((kv_heads, cap, d))), bf16(values((kv_heads, cap, d)))
+    kc0, vc0 = kc.copy(), vc.copy()
+    out = np.zeros((t, heads * d), np.uint16)
+    lib.emu_prefill_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), ptr(cos), ptr(sin), ptr(kc), ptr(vc), ptr(out), qst, kst, vst,
+                              heads, kv_heads, d, cap, start, t)
+    label = f"prefill {heads}/{kv_heads} d{d} start {start} t {t} stacked={stacked}"
+    new = slice(start, start + t)
+    keep = np.ones(cap, bool)
+    keep[new] = False
+    assert (kc[:, keep] == kc0[:, keep]).all() and (vc[:, keep] == vc0[:, keep]).all(), f"{label}: a cache position outside the prompt changed"
+    assert (vc[:, new] == bf16(vn).reshape(t, kv_heads, d).transpose(1, 0, 2)).all(), f"{label}: stored values"
+    c, sn = f32(cos[new]).astype(np.float64), f32(sin[new]).astype(np.float64)  # (t, half)
+    rot = lambda x: np.concatenate([x[..., :half] * c - x[..., half:] * sn, x[..., :half] * sn + x[..., half:] * c], -1)
+    kf, vf = f32(kc).astype(np.float64), f32(vc).astype(np.float64)
+    want_k = rot(kn.reshape(t, kv_heads, d).transpose(1, 0, 2).astype(np.float64))
+    assert np.allclose(kf[:, new], want_k, rtol=1e-2, atol=1e-6), f"{label}: stored keys"
+    got = f32(out).reshape(t, heads, d)
+    worst = 0.0
+    visible = np.arange(cap)[None, :] <= (start + np.arange(t))[:, None]  # (t, cap)
+    for hq in range(heads):
+        h = hq // group
+        qr = f32(bf16(rot(q[:, hq * d:(hq + 1) * d].astype(np.float64))))
+        scores = np.where(visible, qr @ kf[h].T / np.sqrt(d), -np.inf)
+        p = np.exp(scores - scores.max(1, keepdims=True))
+        want = p @ vf[h] / p.sum(1, keepdims=True)
+        worst = max(worst, close(f"{label} head {hq}", got[:, hq], want))
+    return worst
+
+
 # ---- fused.cu ----
 def check_fused(lib):
     worst = 0.0
@@ -207,6 +253,14 @@ def main():
     worst = max(worst, check_attention(att, 9, 3, 64, [3, 140, 77], True))
     worst = max(worst, check_attention(att, 8, 2, 64, [(i * 37) % 100 for i in range(40)], False))
     print(f"attention: ok (worst {worst:.2e} of a head's largest |value|)")
+    pre = build("prefill", "EMU_PREFILL")
+    worst = 0.0
+    # One block of queries and several, a chunk after a cached prefix, SmolLM2's and
+    # Qwen2.5-7B's head shapes (7 query heads per kv head), stacked q/k/v.
+    for heads, kv_heads, d, start, t, stacked in [(4, 2, 64, 0, 1, False), (4, 2, 64, 0, 70, False), (4, 1, 128, 37, 130, False),
+                                                   (9, 3, 64, 100, 33, True), (14, 2, 128, 0, 64, True), (2, 2, 32, 5, 17, False)]:
+        worst = max(worst, check_prefill(pre, heads, kv_heads, d, start, t, stacked))
+    print(f"prefill attention: ok (worst {worst:.2e} of a row's largest |value|)")
     print(f"fused: ok (worst {check_fused(build('fused', 'EMU_FUSED')):.2e})")
     print(f"int8 gemv, int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
 

@@ -15,6 +15,15 @@ void emu_decode_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const 
     if (splits > 1)
         emu::launch({(unsigned)rows, (unsigned)heads, 1}, {(unsigned)d}, [&] { decode_attention_merge(part, out, s0, heads, kv_heads, d, splits); });
 }
+#elif defined(EMU_PREFILL)
+void emu_prefill_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* cos_t,
+                           const __nv_bfloat16* sin_t, __nv_bfloat16* kc, __nv_bfloat16* vc, __nv_bfloat16* out, int qst, int kst,
+                           int vst, int heads, int kv_heads, int d, int cap, int start, int t) {
+    emu::launch({(unsigned)t, (unsigned)kv_heads, 1}, {(unsigned)(d / 2)}, [&] { prefill_store_kv(k, v, cos_t, sin_t, kc, vc, kst, vst, d, cap, start); });
+    emu::launch({(unsigned)((t + BQ - 1) / BQ), (unsigned)heads, 1}, {32 * PF_WARPS}, [&] {
+        prefill_attention_bf16(q, cos_t, sin_t, kc, vc, out, qst, heads, kv_heads, d, cap, start, t, 1.f / std::sqrt((float)d));
+    });
+}
 #elif defined(EMU_FUSED)
 void emu_silu_mul(const __nv_bfloat16* gate, const __nv_bfloat16* up, __nv_bfloat16* out, int rows, int width, int gst, int ust) {
     emu::launch({(unsigned)((rows * width + THREADS - 1) / THREADS)}, {THREADS}, [&] { silu_mul_bf16(gate, up, out, rows, width, gst, ust); });

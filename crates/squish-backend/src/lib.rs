@@ -12,7 +12,7 @@ mod softmax;
 pub use candle_core::{DType, Device, Tensor};
 pub use device::{built_with, compute_dtype, describe, devices, free_memory, gpu_memory, configure_threads, on_compute_pool, open_device, DeviceRequest};
 pub use activation::silu_mul;
-pub use cuda::{decode_attention, CacheSlot, QuantMatrix};
+pub use cuda::{decode_attention, prefill_attention, CacheSlot, QuantMatrix};
 pub use attention_cpu::attention_from_caches;
 pub use ops::{add_rms_norm, causal_attention, causal_attention_many, rms_norm, rms_norm_pieces, with_f32, Rope};
 pub use softmax::softmax_rows;

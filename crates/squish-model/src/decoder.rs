@@ -10,7 +10,7 @@ use crate::lora::{add_deltas, Adapter, Deltas, Target};
 use crate::weights::Weights;
 use crate::ModelError;
 use candle_core::{Device, Tensor};
-use squish_backend::{add_rms_norm, attention_from_caches, causal_attention, decode_attention, CacheSlot, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
+use squish_backend::{add_rms_norm, attention_from_caches, causal_attention, decode_attention, prefill_attention, CacheSlot, causal_attention_many, rms_norm, rms_norm_pieces, silu_mul, Rope};
 
 /// A point in the forward pass whose activations feed linear layers: calibration observes
 /// them to learn which input channels matter.
@@ -424,8 +424,15 @@ impl Decoder {
         if let Some(out) = self.decode_attention_cpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
             return Ok(out);
         }
-        if let Some(out) = self.decode_attention_gpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
-            return Ok(out);
+        if !self.device.is_cpu() {
+            let (q_gpu, k_gpu) = self.qk_normed(a, &q_all, &k_all)?;
+            let qkv = [&q_gpu, &k_gpu, &v_all];
+            if let Some(out) = self.decode_attention_gpu(qkv, steps, layer)? {
+                return Ok(out);
+            }
+            if let Some(out) = self.prompt_attention_gpu(qkv, steps, layer)? {
+                return Ok(out);
+            }
         }
         let hd = self.cfg.head_dim;
         // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
@@ -506,11 +513,23 @@ impl Decoder {
         })
     }
 
+    /// q and k rows with Qwen3's per-head RMS norms applied (as `attention`'s generic path
+    /// applies them, before RoPE), for the GPU kernels, which rotate but do not normalise.
+    fn qk_normed(&self, a: &Attention, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        let hd = self.cfg.head_dim;
+        let norm = |y: &Tensor, w: &Option<Tensor>| -> Result<Tensor, ModelError> {
+            let Some(w) = w else { return Ok(y.clone()) };
+            let (_, t, width) = y.dims3()?;
+            Ok(rms_norm(&y.reshape((1, t, width / hd, hd))?, w, self.eps())?.reshape((1, t, width))?)
+        };
+        Ok((norm(q, &a.q_norm)?, norm(k, &a.k_norm)?))
+    }
+
     /// `attention` for decode steps of one token per sequence on a GPU: RoPE, the cache writes
     /// and every sequence's attention in one kernel launch (`squish_backend::decode_attention`).
-    /// None (nothing written) where it does not apply, e.g. per-head q/k norms (Qwen3).
-    fn decode_attention_gpu(&self, a: &Attention, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
-        if self.device.is_cpu() || a.q_norm.is_some() || a.k_norm.is_some() || steps.iter().any(|s| s.tokens.len() != 1) {
+    /// None (nothing written) where it does not apply.
+    fn decode_attention_gpu(&self, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
+        if steps.iter().any(|s| s.tokens.len() != 1) {
             return Ok(None);
         }
         let slots: Vec<CacheSlot> = steps
@@ -520,8 +539,36 @@ impl Decoder {
                 CacheSlot { keys, values, pos: s.cache.len() }
             })
             .collect();
-        let dims = (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim);
-        Ok(decode_attention(qkv[0], qkv[1], qkv[2], &slots, self.rope.tables(), dims)?)
+        Ok(decode_attention(qkv[0], qkv[1], qkv[2], &slots, self.rope.tables(), self.head_dims())?)
+    }
+
+    /// `attention` for prompts, prompt chunks and mixed batches on a GPU: per sequence, RoPE,
+    /// the cache writes and causal attention in two launches that never materialise the
+    /// score matrix (`squish_backend::prefill_attention`). None (nothing written) where it
+    /// does not apply.
+    fn prompt_attention_gpu(&self, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
+        let mut outs = Vec::with_capacity(steps.len());
+        let mut row = 0;
+        for s in steps.iter().filter(|s| !s.tokens.is_empty()) {
+            let t = s.tokens.len();
+            let (keys, values) = s.cache.layer(layer);
+            let slot = CacheSlot { keys, values, pos: s.cache.len() };
+            let [q, k, v] = qkv.map(|y| y.narrow(1, row, t));
+            match prefill_attention(&q?, &k?, &v?, &slot, self.rope.tables(), self.head_dims())? {
+                Some(out) => outs.push(out),
+                None if outs.is_empty() => return Ok(None),
+                // The kernel's conditions are the model's and the device's, the same for every
+                // sequence (run() checked each cache's room), so this is a bug, not bad input.
+                None => return Err(candle_core::Error::Msg("prompt attention took one sequence of a batch but not the next".into()).into()),
+            }
+            row += t;
+        }
+        Ok(Some(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 1)? }))
+    }
+
+    /// (heads, kv heads, head size)
+    fn head_dims(&self) -> (usize, usize, usize) {
+        (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim)
     }
 }
 

@@ -71,8 +71,9 @@ mod imp {
     use super::CacheSlot;
     use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Storage, Tensor};
+    use candle_core::{Storage, Tensor};
     use half::bf16;
+    use super::super::{cuda_slice, rows_of};
     use super::split;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -89,24 +90,6 @@ mod imp {
     }
     // SAFETY: plain data laid out as the kernel's struct.
     unsafe impl DeviceRepr for Caches {}
-
-    fn cuda_slice<'a>(st: &'a Storage) -> candle_core::Result<&'a CudaStorage> {
-        match st {
-            Storage::Cuda(c) => Ok(c),
-            _ => candle_core::bail!("decode attention: a tensor is not on the GPU"),
-        }
-    }
-
-    /// `t` as rows of `width` values in place, with the distance between rows: (1, rows, width)
-    /// with unit last stride (a stacked q/k/v product narrowed to one of them), or a contiguous
-    /// copy. None where the shape is not `rows` x `width`.
-    fn rows_of(t: &Tensor, rows: usize, width: usize) -> candle_core::Result<Option<(Tensor, i32)>> {
-        if let Some(stride) = super::super::row_stride(t).filter(|_| t.dims()[1..] == [rows, width]) {
-            return Ok(Some((t.clone(), stride as i32)));
-        }
-        let t = t.contiguous()?;
-        Ok((t.elem_count() == rows * width).then_some((t, width as i32)))
-    }
 
     pub(super) fn launch(
         q: &Tensor,

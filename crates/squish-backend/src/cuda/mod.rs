@@ -1,14 +1,16 @@
 //! squish's own GPU kernels (CUDA C in this folder, compiled to PTX by build.rs with the `cuda`
-//! feature): quantized matrices read in their packed layout, batched decode attention, and
-//! fused elementwise steps of a decode step.
+//! feature): quantized matrices read in their packed layout, batched decode attention, prompt
+//! attention without a score matrix, and fused elementwise steps of a decode step.
 //! The types and functions exist in every build, so callers carry no `cfg`; without the
 //! feature they report that CUDA is not built in, or decline (None).
 
 mod attention;
 pub(crate) mod fused;
+mod prefill;
 mod quant;
 
 pub use attention::{decode_attention, CacheSlot};
+pub use prefill::prefill_attention;
 pub use quant::QuantMatrix;
 
 /// The CPU half of squish's custom ops: their kernels run on CUDA devices only.
@@ -23,4 +25,25 @@ fn row_stride(t: &candle_core::Tensor) -> Option<usize> {
         ([1, _, _], [_, s, 1]) => Some(*s),
         _ => None,
     }
+}
+
+/// A tensor's CUDA storage.
+#[cfg(feature = "cuda")]
+fn cuda_slice(st: &candle_core::Storage) -> candle_core::Result<&candle_core::CudaStorage> {
+    match st {
+        candle_core::Storage::Cuda(c) => Ok(c),
+        _ => candle_core::bail!("attention: a tensor is not on the GPU"),
+    }
+}
+
+/// `t` as rows of `width` values in place, with the distance between rows: (1, rows, width)
+/// with unit last stride (a stacked q/k/v product narrowed to one of them), or a contiguous
+/// copy. None where the shape is not `rows` x `width`.
+#[cfg(feature = "cuda")]
+fn rows_of(t: &candle_core::Tensor, rows: usize, width: usize) -> candle_core::Result<Option<(candle_core::Tensor, i32)>> {
+    if let Some(stride) = row_stride(t).filter(|_| t.dims()[1..] == [rows, width]) {
+        return Ok(Some((t.clone(), stride as i32)));
+    }
+    let t = t.contiguous()?;
+    Ok((t.elem_count() == rows * width).then_some((t, width as i32)))
 }

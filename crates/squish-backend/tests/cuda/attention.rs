@@ -8,26 +8,9 @@
 //! Tolerance: the output is bf16, so each element may differ from the reference by 1% of its
 //! head's largest |value|; the stored key by one bf16 rounding.
 
-use super::{bf16_round, gpu, noise};
-use candle_core::{DType, Device, Tensor};
+use super::{bf16, download, gpu, upload, values};
+use candle_core::{Device, Tensor};
 use squish_backend::{decode_attention, CacheSlot, Rope};
-
-/// bf16 values in [-amplitude/2, amplitude/2).
-fn values(len: usize, seed: u32, amplitude: f32) -> Vec<f32> {
-    bf16_round(&noise(len, seed).iter().map(|v| v * amplitude).collect::<Vec<_>>())
-}
-
-fn bf16(x: f64) -> f64 {
-    half::bf16::from_f64(x).to_f64()
-}
-
-fn upload(x: &[f32], shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::from_vec(x.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()
-}
-
-fn download(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-}
 
 /// One decode step of `positions.len()` sequences, the i-th with `positions[i]` tokens cached;
 /// `stacked`: q, k and v are views of one product.

@@ -3,17 +3,8 @@
 //! the RMS norm after it. The sum must equal the bf16-rounded sum exactly (it is the residual
 //! stream); the rest within 1% of each row's largest |value|.
 
-use super::{bf16_round, compare, gpu, noise};
-use candle_core::{DType, Device, Tensor};
+use super::{bf16_round, compare, download, gpu, noise, upload};
 use squish_backend::{add_rms_norm, silu_mul};
-
-fn upload(x: &[f32], shape: &[usize], dev: &Device) -> Tensor {
-    Tensor::from_vec(x.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()
-}
-
-fn download(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
-}
 
 #[test]
 fn silu_mul_on_stacked_halves_matches_the_reference() {

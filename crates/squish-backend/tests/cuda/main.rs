@@ -1,12 +1,13 @@
 //! squish-backend's GPU kernels (src/cuda) against references computed on the CPU: the
-//! quantized matrices, decode attention, the fused decode-step kernels. Skipped (passing,
+//! quantized matrices, decode and prompt attention, the fused decode-step kernels. Skipped (passing,
 //! with a note) without a CUDA build and device.
 
 mod attention;
 mod fused;
+mod prefill;
 mod quant;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use squish_backend::{open_device, DeviceRequest};
 
 fn gpu() -> Option<Device> {
@@ -38,4 +39,21 @@ fn compare(label: &str, got: &[f32], want: &[f32], n: usize) {
         let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(d <= 0.01 * scale, "{label}: row {r}: max |diff| {d} vs largest |value| {scale}");
     }
+}
+
+/// bf16 values in [-amplitude/2, amplitude/2).
+fn values(len: usize, seed: u32, amplitude: f32) -> Vec<f32> {
+    bf16_round(&noise(len, seed).iter().map(|v| v * amplitude).collect::<Vec<_>>())
+}
+
+fn bf16(x: f64) -> f64 {
+    half::bf16::from_f64(x).to_f64()
+}
+
+fn upload(x: &[f32], shape: &[usize], dev: &Device) -> Tensor {
+    Tensor::from_vec(x.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()
+}
+
+fn download(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
