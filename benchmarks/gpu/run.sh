@@ -50,7 +50,7 @@ TEXT="$WORK/text.txt"
 cat README.md docs/ARCHITECTURE.md > "$TEXT"
 for m in llama qwen2 qwen3; do
   src="tests/fixtures/tiny/$m"
-  for scheme in dense int4 int8; do
+  for scheme in dense int4 int8 int3 int2; do
     dir="$src"
     if [ $scheme != dense ]; then
       dir="$WORK/$m-$scheme"

@@ -1,10 +1,10 @@
-//! With the `cuda` feature, compiles src/cuda/*.cu (quant, attention, prefill, fused) to PTX for CUDA_COMPUTE_CAP (default 80,
+//! With the `cuda` feature, compiles src/cuda/*.cu (quant, lowbit, attention, prefill, fused) to PTX for CUDA_COMPUTE_CAP (default 80,
 //! the oldest with bf16); the driver JIT-compiles that small module for the GPU at first use.
 //! Without the feature nothing runs, so CPU builds need no CUDA toolkit.
 
 use std::{env, path::PathBuf, process::Command};
 
-const KERNELS: [&str; 4] = ["quant", "attention", "prefill", "fused"];
+const KERNELS: [&str; 5] = ["quant", "lowbit", "attention", "prefill", "fused"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

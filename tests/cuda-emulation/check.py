@@ -243,6 +243,77 @@ def check_quant(lib):
     return worst
 
 
+# ---- lowbit.cu: INT3 and INT2, and the input rotation (host code in quant.rs) ----
+def grouped_params(w, g, qmax):
+    """Per-group f16 scale and min for codes 0..=qmax, interleaved as the host uploads them."""
+    n, k = w.shape
+    lo, hi = w.reshape(n, k // g, g).min(-1), w.reshape(n, k // g, g).max(-1)
+    params = np.zeros((n, k // g, 2), np.float16)
+    params[:, :, 0] = np.maximum((hi - lo) / qmax, 1e-8)
+    params[:, :, 1] = lo
+    return params
+
+
+def pack_int3(q):
+    """squish_quant::int3's layout (its module doc): per 64-input block, 16 bytes of low bit
+    pairs (byte j: inputs j, 16+j, 32+j, 48+j) and 8 bytes of high bits (bit i of byte 16+j:
+    input 8i+j)."""
+    n, k = q.shape
+    b = q.reshape(n, k // 64, 64).astype(np.uint8)
+    lo = (b[:, :, 0:16] & 3) | (b[:, :, 16:32] & 3) << 2 | (b[:, :, 32:48] & 3) << 4 | (b[:, :, 48:64] & 3) << 6
+    hi = np.zeros((n, k // 64, 8), np.uint8)
+    for i in range(8):
+        hi |= ((b[:, :, 8 * i:8 * i + 8] >> 2) & 1) << i
+    return np.concatenate([lo, hi], -1).reshape(n, k // 64 * 24)
+
+
+def pack_int2(entries):
+    """squish_quant::int2's layout: per block, byte p holds the entry of inputs (2p, 2p+1) low
+    and of (32+2p, 33+2p) high. `entries`: one per input pair, (n, k/2)."""
+    n, half = entries.shape
+    e = entries.reshape(n, half // 32, 32).astype(np.uint8)
+    return (e[:, :, 0:16] | e[:, :, 16:32] << 4).reshape(n, half // 32 * 16)
+
+
+def check_lowbit(lib):
+    worst = 0.0
+    for bits, n, k, g in [(3, 37, 576, 64), (3, 200, 1536, 32), (2, 37, 576, 64), (2, 96, 1536, 32)]:
+        if bits == 3:
+            q = rng.integers(0, 8, (n, k))
+            codes = pack_int3(q)
+            qmax = 7
+        else:
+            table = rng.integers(0, 128, 32).astype(np.uint8)
+            entries = rng.integers(0, 16, (n, k // 2))
+            q = np.stack([table[entries], table[16 + entries]], -1).reshape(n, k)  # even input, odd input
+            codes = np.concatenate([pack_int2(entries).reshape(-1), table])
+            qmax = 127
+        params = grouped_params(rng.normal(0, 1, (n, k)), g, qmax)
+        s = params[:, :, 0].astype(np.float32).repeat(g, 1)
+        m = params[:, :, 1].astype(np.float32).repeat(g, 1)
+        w = s * q.astype(np.float32) + m
+        codes, params = np.ascontiguousarray(codes, np.uint8), np.ascontiguousarray(params)
+        for t in [1, 5, 8, 11]:
+            x = values((t, k))
+            y = np.zeros((t, n), np.uint16)
+            lib.emu_lowbit_gemv(bits, ptr(codes), ptr(params), ptr(bf16(x)), ptr(y), n, k, g, t)
+            worst = max(worst, close(f"int{bits} gemv {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ w.T.astype(np.float64)))
+        dq = np.zeros((n, k), np.uint16)
+        lib.emu_lowbit_dequant(bits, ptr(codes), ptr(params), ptr(dq), n, k, g)
+        assert (dq == bf16(w)).all(), f"int{bits} dequantize {n}x{k} g{g}: not the bf16-rounded weights"
+    for t, k, hb in [(3, 576, 64), (2, 1536, 512), (1, 256, 128)]:
+        x = values((t, k), 4.0)
+        signs = rng.choice([-1.0, 1.0], k).astype(np.float32)
+        h = np.ones((1, 1))
+        while h.shape[0] < hb:
+            h = np.block([[h, h], [h, -h]])
+        want = ((x * signs).reshape(t, k // hb, hb) @ h.T).reshape(t, k) / np.sqrt(hb)
+        out = np.zeros((t, k), np.uint16)
+        lib.emu_rotate(ptr(bf16(x)), ptr(signs), ptr(out), t, k, hb, ctypes.c_float(1 / np.sqrt(hb)))
+        worst = max(worst, close(f"rotate {t}x{k} block {hb}", f32(out), want))
+    return worst
+
+
 def main():
     att = build("attention", "EMU_ATTENTION")
     worst = 0.0
@@ -262,6 +333,7 @@ def main():
         worst = max(worst, check_prefill(pre, heads, kv_heads, d, start, t, stacked))
     print(f"prefill attention: ok (worst {worst:.2e} of a row's largest |value|)")
     print(f"fused: ok (worst {check_fused(build('fused', 'EMU_FUSED')):.2e})")
+    print(f"int3 and int2 gemv and dequantization, input rotation: ok (worst {check_lowbit(build('lowbit', 'EMU_LOWBIT')):.2e})")
     print(f"int8 gemv, int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
 
 

@@ -24,6 +24,27 @@ void emu_prefill_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const
         prefill_attention_bf16(q, cos_t, sin_t, kc, vc, out, qst, heads, kv_heads, d, cap, start, t, 1.f / std::sqrt((float)d));
     });
 }
+#elif defined(EMU_LOWBIT)
+// bits: 3 or 2; codes then (INT2) the codebook, as the host uploads them.
+void emu_lowbit_gemv(int bits, const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g,
+                     int t) {
+    for (int t0 = 0; t0 < t; t0 += LB_ROWS) {
+        int rows = t - t0 < LB_ROWS ? t - t0 : LB_ROWS;
+        emu::launch({(unsigned)((n + LB_WARPS - 1) / LB_WARPS)}, {32 * LB_WARPS}, [&] {
+            if (bits == 3) int3_gemv_bf16(codes, params, x, y, n, k, g, t0, rows);
+            else int2_gemv_bf16(codes, params, x, y, n, k, g, t0, rows);
+        });
+    }
+}
+void emu_lowbit_dequant(int bits, const uint8_t* codes, const __half2* params, __nv_bfloat16* w, int n, int k, int g) {
+    emu::launch({(unsigned)n, (unsigned)((k / 8 + 255) / 256)}, {256}, [&] {
+        if (bits == 3) int3_dequant_bf16(codes, params, w, n, k, g);
+        else int2_dequant_bf16(codes, params, w, n, k, g);
+    });
+}
+void emu_rotate(const __nv_bfloat16* x, const float* signs, __nv_bfloat16* out, int t, int k, int hb, float scale) {
+    emu::launch({(unsigned)t, (unsigned)(k / hb)}, {(unsigned)(hb / 2)}, [&] { rotate_bf16(x, signs, out, k, hb, scale); });
+}
 #elif defined(EMU_FUSED)
 void emu_silu_mul(const __nv_bfloat16* gate, const __nv_bfloat16* up, __nv_bfloat16* out, int rows, int width, int gst, int ust) {
     emu::launch({(unsigned)((rows * width + THREADS - 1) / THREADS)}, {THREADS}, [&] { silu_mul_bf16(gate, up, out, rows, width, gst, ust); });

@@ -165,8 +165,8 @@ fn caches_fitting(free: usize, each: usize, wanted: usize) -> usize {
     (free.saturating_sub(margin) / each.max(1)).min(wanted)
 }
 
-/// About how many bytes a model's weights take on a GPU: INT4 and INT8 matrices as stored,
-/// everything else (dense, or INT3/INT2 expanded) in bf16.
+/// About how many bytes a model's weights take on a GPU: quantized matrices as stored (their
+/// group parameters as f16), everything else in bf16.
 fn device_bytes(files: &Arc<ModelFiles>, config: &ModelConfig) -> usize {
     let manifest = match files.as_ref() {
         ModelFiles::Squish(s) => Some(s.manifest()),
@@ -177,9 +177,12 @@ fn device_bytes(files: &Arc<ModelFiles>, config: &ModelConfig) -> usize {
         .iter()
         .map(|spec| {
             let elems: usize = spec.shape.iter().product();
-            match manifest.and_then(|m| m.tensors.get(&spec.name)).map(|e| (e.scheme.as_str(), e.rotation.is_some())) {
-                Some(("int4" | "int4p8", false)) => elems * 9 / 16,
-                Some(("int8", false)) => elems * 33 / 32,
+            // Codes plus an f16 scale (and min) per group of 64, as uploaded.
+            match manifest.and_then(|m| m.tensors.get(&spec.name)).map(|e| e.scheme.as_str()) {
+                Some("int4" | "int4p8") => elems * 9 / 16,
+                Some("int3") => elems * 7 / 16,
+                Some("int2") => elems * 5 / 16,
+                Some("int8") => elems * 33 / 32,
                 _ => elems * 2,
             }
         })

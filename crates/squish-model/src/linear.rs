@@ -41,7 +41,8 @@ pub enum Weight {
     /// `panels`: the integer kernel's layout (`squish_quant::int8::Int8Panels`), made by the
     /// first product (None where the CPU has no AVX512-VNNI).
     Int8 { codes: Mapped, scales: Mapped, n: usize, k: usize, group: usize, panels: OnceLock<Option<Int8Panels>> },
-    /// An INT4 or INT8 matrix on a GPU; `host` (the mapped original) serves embedding lookups.
+    /// A quantized matrix on a GPU, packed as stored; `host` (the mapped original) serves
+    /// embedding lookups.
     /// None for matrices stacked on the GPU (`Linear::stack`), which are never embeddings.
     Gpu { host: Option<Box<Weight>>, device: QuantMatrix },
 }
@@ -181,47 +182,45 @@ impl Linear {
         self.weight.shape()
     }
 
-    /// The layer for a GPU: unrotated INT4 and INT8 matrices uploaded packed, every other
-    /// quantized matrix dequantized (and rotated back) to a dense one in the device's
-    /// compute dtype. The GPU has no INT3/INT2 kernels yet.
+    /// The layer for a GPU: INT8, INT4, INT3 and INT2 matrices uploaded packed as stored,
+    /// with the rotation of a rotated one (its products rotate their inputs on the GPU; the
+    /// Linear keeps it too, for embedding lookups from the host copy).
     pub fn to_device(self, device: &Device) -> Result<Linear, ModelError> {
         let Linear { weight, bias, rotation } = self;
         if device.is_cpu() || matches!(weight, Weight::Dense(_) | Weight::Gpu { .. }) {
             return Ok(Linear { weight, bias, rotation });
         }
-        let packed = match (&rotation, weight.view(false)?) {
-            (None, View::Int4(m, _)) => Some(QuantMatrix::int4(m.codes(), m.scales(), m.mins(), m.n(), m.k(), m.g(), device)?),
-            (None, View::Int8(m, _)) => Some(QuantMatrix::int8(m.codes(), m.scales(), m.n(), m.k(), m.g(), device)?),
-            _ => None,
+        let packed = match weight.view(false)? {
+            View::Int4(m, _) => QuantMatrix::int4(m.codes(), m.scales(), m.mins(), m.n(), m.k(), m.g(), device)?,
+            View::Int8(m, _) => QuantMatrix::int8(m.codes(), m.scales(), m.n(), m.k(), m.g(), device)?,
+            View::Int3(m) => QuantMatrix::int3(m.codes(), m.scales(), m.mins(), m.n(), m.k(), m.g(), device)?,
+            View::Int2(m) => {
+                let table: &[u8; 32] = m.table().try_into().map_err(|_| quant_err("an INT2 codebook that is not 32 bytes"))?;
+                QuantMatrix::int2(m.codes(), m.scales(), m.mins(), table, m.n(), m.k(), m.g(), device)?
+            }
         };
-        if let Some(packed) = packed {
-            return Ok(Linear { weight: Weight::Gpu { host: Some(Box::new(weight)), device: packed }, bias, rotation: None });
-        }
-        let (n, k) = weight.shape();
-        let mut dense = vec![0f32; n * k];
-        weight.dequantize_rows(0, &mut dense)?;
-        if let Some(r) = &rotation {
-            r.apply_inverse(&mut dense);
-        }
-        let w = Tensor::from_vec(dense, (n, k), device)?.to_dtype(compute_dtype(device))?;
-        Ok(Linear { weight: Weight::Dense(w), bias, rotation: None })
+        let packed = match &rotation {
+            Some(r) => packed.rotated(r.signs(), r.block())?,
+            None => packed,
+        };
+        Ok(Linear { weight: Weight::Gpu { host: Some(Box::new(weight)), device: packed }, bias, rotation })
     }
 
     /// Layers reading the same input (q, k and v; gate and up) stacked on their outputs into
     /// one, so a GPU runs one product and one bias add for all: dense weights of one dtype, or
-    /// packed GPU matrices of one kind and group size. A layer without a bias gets zeros
-    /// where the others have one. None where the layers do not stack (rotated, CPU-packed,
-    /// different widths).
+    /// packed GPU matrices of one kind, group size and rotation. A layer without a bias gets
+    /// zeros where the others have one. None where the layers do not stack (CPU-packed,
+    /// different widths or rotations).
     pub fn stack(parts: &[Linear]) -> Result<Option<Linear>, ModelError> {
         let Some(first) = parts.first() else { return Ok(None) };
-        if parts.iter().any(|l| l.rotation.is_some() || l.shape().1 != first.shape().1) {
+        if parts.iter().any(|l| l.rotation != first.rotation || l.shape().1 != first.shape().1) {
             return Ok(None);
         }
         let dense: Option<Vec<&Tensor>> = parts.iter().map(|l| if let Weight::Dense(w) = &l.weight { Some(w) } else { None }).collect();
         let packed: Option<Vec<&QuantMatrix>> =
             parts.iter().map(|l| if let Weight::Gpu { device, .. } = &l.weight { Some(device) } else { None }).collect();
         let weight = match (dense, packed) {
-            (Some(ws), _) if ws.iter().all(|w| w.dtype() == ws[0].dtype()) => Weight::Dense(Tensor::cat(&ws, 0)?),
+            (Some(ws), _) if first.rotation.is_none() && ws.iter().all(|w| w.dtype() == ws[0].dtype()) => Weight::Dense(Tensor::cat(&ws, 0)?),
             (_, Some(ms)) => match QuantMatrix::stack(&ms)? {
                 Some(m) => Weight::Gpu { host: None, device: m },
                 None => return Ok(None),
@@ -238,13 +237,14 @@ impl Linear {
             }
             None => None,
         };
-        Ok(Some(Linear { weight, bias, rotation: None }))
+        Ok(Some(Linear { weight, bias, rotation: first.rotation.clone() }))
     }
 
     /// x: (batch, seq, in) -> (batch, seq, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let y = match &self.weight {
             Weight::Dense(w) => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+            // Rotates x first where the matrix is stored rotated.
             Weight::Gpu { device, .. } => device.matmul(x)?,
             _ => {
                 let (n, k) = self.shape();
@@ -317,9 +317,10 @@ impl Linear {
     pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor, ModelError> {
         let rows = self.weight.rows(ids, device)?;
         let Some(r) = &self.rotation else { return Ok(rows) };
-        let mut v = rows.flatten_all()?.to_vec1::<f32>()?;
+        // In f32 on the host, then back in the device's compute dtype (bf16 on a GPU).
+        let mut v = rows.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         r.apply_inverse(&mut v);
-        Ok(Tensor::from_vec(v, rows.shape(), device)?)
+        Ok(Tensor::from_vec(v, rows.shape(), device)?.to_dtype(rows.dtype())?)
     }
 }
 

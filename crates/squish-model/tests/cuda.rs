@@ -1,6 +1,7 @@
 //! The decoder on a CUDA GPU against the same model on the CPU: the committed tiny models of
-//! every architecture, dense and converted to INT4 and INT8 (whose packed matrices run on
-//! squish-backend's GPU kernels), plus INT2 (dequantized to bf16 at load).
+//! every architecture, dense and converted to INT4 and INT8, plus INT3 and INT2 (stored
+//! rotated, with INT4 where the converter keeps sensitive matrices), all of whose packed
+//! matrices run on squish-backend's GPU kernels.
 //!
 //! Skipped (passing, with a note on stderr) where the binary has no CUDA or the machine no GPU:
 //! CI runs none of it; benchmarks/gpu/run.sh runs this test binary on a GPU machine.
@@ -83,9 +84,13 @@ fn int4_and_int8_models_match_the_cpu() {
 }
 
 #[test]
-fn int2_models_match_the_cpu() {
+fn int3_and_int2_models_match_the_cpu() {
     if gpu().is_none() {
         return;
     }
-    check(&converted("llama", Scheme::Int2), "llama Int2", QUANTIZED_TOLERANCE);
+    for name in ["llama", "qwen2"] {
+        for scheme in [Scheme::Int3, Scheme::Int2] {
+            check(&converted(name, scheme), &format!("{name} {scheme:?}"), QUANTIZED_TOLERANCE);
+        }
+    }
 }

@@ -1,9 +1,11 @@
 //! squish-backend's GPU kernels (src/cuda) against references computed on the CPU: the
-//! quantized matrices, decode and prompt attention, the fused decode-step kernels. Skipped (passing,
-//! with a note) without a CUDA build and device.
+//! quantized matrices (INT8, INT4, INT3, INT2, rotated or not), decode and prompt attention,
+//! the fused decode-step kernels. Skipped (passing, with a note) without a CUDA build and
+//! device.
 
 mod attention;
 mod fused;
+mod lowbit;
 mod prefill;
 mod quant;
 
