@@ -217,11 +217,17 @@ def check_quant(lib):
         scales = (np.abs(w).reshape(n, k // g, g).max(-1) / 127).astype(np.float16)
         s = scales.astype(np.float64).repeat(g, 1)
         codes = np.clip(np.round(w / s), -127, 127).astype(np.int8)
-        for t in [1, 8, 13]:
+        w8 = (s * codes).astype(np.float32)
+        # The GEMV up to 8 rows, then the tensor-core kernel (bf16-rounded weights), split too.
+        for t, splits in [(1, 1), (8, 1), (9, 1), (64, 1), (24, 3)]:
             x = values((t, k))
             y = np.zeros((t, n), np.uint16)
-            lib.emu_int8_gemv(ptr(codes), ptr(scales), ptr(bf16(x)), ptr(y), n, k, g, t)
-            worst = max(worst, close(f"int8 gemv {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ (s * codes).T))
+            if t <= 8:
+                lib.emu_int8_gemv(ptr(codes), ptr(scales), ptr(bf16(x)), ptr(y), n, k, g, t)
+            else:
+                lib.emu_mma(8, P(codes.ctypes.data), ptr(scales), ptr(bf16(x)), ptr(y), n, k, g, t, min(splits, k // 64))
+            wr = w8 if t <= 8 else f32(bf16(w8))
+            worst = max(worst, close(f"int8 {'gemv' if t <= 8 else 'mma'} {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ wr.T.astype(np.float64)))
     for n, k, g in [(200, 576, 64), (96, 1536, 32), (37, 64, 64)]:
         codes, params, w = int4_matrix(n, k, g)
         # (rows, input stretches): the GEMV for up to 8 rows, the tensor-core kernel above,
@@ -235,7 +241,7 @@ def check_quant(lib):
             if t <= 8:
                 lib.emu_int4_gemv(ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t)
             else:
-                lib.emu_int4_mma(ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t, splits)
+                lib.emu_mma(4, ptr(codes), ptr(params), ptr(xb), ptr(y), n, k, g, t, splits)
             # The tensor-core kernel multiplies bf16-rounded weights, as dequantize + cuBLAS did.
             wr = w if t <= 8 else f32(bf16(w))
             label = f"int4 {'gemv' if t <= 8 else f'mma ({splits} stretches)'} {n}x{k} g{g} t{t}"
@@ -293,11 +299,17 @@ def check_lowbit(lib):
         m = params[:, :, 1].astype(np.float32).repeat(g, 1)
         w = s * q.astype(np.float32) + m
         codes, params = np.ascontiguousarray(codes, np.uint8), np.ascontiguousarray(params)
-        for t in [1, 5, 8, 11]:
+        # The GEMV up to 8 rows, then the tensor-core kernel (bf16-rounded weights), split too.
+        for t, splits in [(1, 1), (5, 1), (8, 1), (9, 1), (40, 1), (64, 1), (17, 4)]:
             x = values((t, k))
             y = np.zeros((t, n), np.uint16)
-            lib.emu_lowbit_gemv(bits, ptr(codes), ptr(params), ptr(bf16(x)), ptr(y), n, k, g, t)
-            worst = max(worst, close(f"int{bits} gemv {n}x{k} g{g} t{t}", f32(y), x.astype(np.float64) @ w.T.astype(np.float64)))
+            if t <= 8:
+                lib.emu_lowbit_gemv(bits, ptr(codes), ptr(params), ptr(bf16(x)), ptr(y), n, k, g, t)
+            else:
+                lib.emu_lowbit_mma(bits, ptr(codes), ptr(params), ptr(bf16(x)), ptr(y), n, k, g, t, min(splits, k // 64))
+            wr = w if t <= 8 else f32(bf16(w))
+            label = f"int{bits} {'gemv' if t <= 8 else 'mma'} {n}x{k} g{g} t{t}"
+            worst = max(worst, close(label, f32(y), x.astype(np.float64) @ wr.T.astype(np.float64)))
         dq = np.zeros((n, k), np.uint16)
         lib.emu_lowbit_dequant(bits, ptr(codes), ptr(params), ptr(dq), n, k, g)
         assert (dq == bf16(w)).all(), f"int{bits} dequantize {n}x{k} g{g}: not the bf16-rounded weights"
@@ -333,8 +345,8 @@ def main():
         worst = max(worst, check_prefill(pre, heads, kv_heads, d, start, t, stacked))
     print(f"prefill attention: ok (worst {worst:.2e} of a row's largest |value|)")
     print(f"fused: ok (worst {check_fused(build('fused', 'EMU_FUSED')):.2e})")
-    print(f"int3 and int2 gemv and dequantization, input rotation: ok (worst {check_lowbit(build('lowbit', 'EMU_LOWBIT')):.2e})")
-    print(f"int8 gemv, int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
+    print(f"int3 and int2 gemv, mma and dequantization, input rotation: ok (worst {check_lowbit(build('lowbit', 'EMU_LOWBIT')):.2e})")
+    print(f"int8 and int4 gemv and mma: ok (worst {check_quant(build('quant', 'EMU_QUANT')):.2e})")
 
 
 if __name__ == "__main__":

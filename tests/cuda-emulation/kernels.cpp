@@ -42,6 +42,15 @@ void emu_lowbit_dequant(int bits, const uint8_t* codes, const __half2* params, _
         else int2_dequant_bf16(codes, params, w, n, k, g);
     });
 }
+void emu_lowbit_mma(int bits, const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g,
+                    int t, int splits) {
+    std::vector<float> part(splits > 1 ? (size_t)splits * t * n : 1);
+    emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N), (unsigned)splits}, {MMA_N / 16 * 32}, [&] {
+        if (bits == 3) int3_mma_bf16(codes, params, x, y, part.data(), n, k, g, t, splits);
+        else int2_mma_bf16(codes, params, x, y, part.data(), n, k, g, t, splits);
+    });
+    if (splits > 1) emu::launch({(unsigned)((t * n + 255) / 256)}, {256}, [&] { mma_reduce(part.data(), y, n, t, splits); });
+}
 void emu_rotate(const __nv_bfloat16* x, const float* signs, __nv_bfloat16* out, int t, int k, int hb, float scale) {
     emu::launch({(unsigned)t, (unsigned)(k / hb)}, {(unsigned)(hb / 2)}, [&] { rotate_bf16(x, signs, out, k, hb, scale); });
 }
@@ -65,13 +74,15 @@ void emu_int8_gemv(const int8_t* codes, const __half* scales, const __nv_bfloat1
         emu::launch({(unsigned)((n + WARPS - 1) / WARPS)}, {32 * WARPS}, [&] { int8_gemv_bf16(codes, scales, x, y, n, k, g, t0, rows); });
     }
 }
-void emu_int4_mma(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t,
-                  int splits) {
+// bits: 4 or 8 (codes i8, params the scales).
+void emu_mma(int bits, const uint8_t* codes, const void* params, const __nv_bfloat16* x, __nv_bfloat16* y, int n, int k, int g, int t,
+             int splits) {
     std::vector<float> part(splits > 1 ? (size_t)splits * t * n : 1);
-    emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N), (unsigned)splits}, {MMA_N / 16 * 32},
-                [&] { int4_mma_bf16(codes, params, x, y, part.data(), n, k, g, t, splits); });
-    if (splits > 1)
-        emu::launch({(unsigned)((t * n + 255) / 256)}, {256}, [&] { int4_mma_reduce(part.data(), y, n, t, splits); });
+    emu::launch({(unsigned)((n + MMA_N - 1) / MMA_N), (unsigned)splits}, {MMA_N / 16 * 32}, [&] {
+        if (bits == 4) int4_mma_bf16(codes, (const __half2*)params, x, y, part.data(), n, k, g, t, splits);
+        else int8_mma_bf16((const int8_t*)codes, (const __half*)params, x, y, part.data(), n, k, g, t, splits);
+    });
+    if (splits > 1) emu::launch({(unsigned)((t * n + 255) / 256)}, {256}, [&] { mma_reduce(part.data(), y, n, t, splits); });
 }
 #endif
 }

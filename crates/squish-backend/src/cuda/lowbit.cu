@@ -7,9 +7,9 @@
 // or 16 (INT2: a 4-bit codebook entry per input pair, the 32-byte codebook after the last row's
 // codes). Each kernel thread decodes 8 consecutive inputs of one block: 8 threads a block.
 //
-// Decode (up to ROWS rows of x) runs the GEMV: one warp per output row, four blocks per warp
-// step, so a warp's loads are contiguous. Larger batches and prompts dequantize to bf16 and use
-// cuBLAS, as INT8 does.
+// Decode (up to LB_ROWS rows of x) runs the GEMV: one warp per output row, four blocks per
+// warp step, so a warp's loads are contiguous. Batches of up to MMA_T rows run the tensor-core
+// kernel (mma_tile.cuh); prompts dequantize to bf16 and use cuBLAS.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -188,4 +188,38 @@ extern "C" __global__ void rotate_bf16(const __nv_bfloat16* x, const float* sign
         __syncthreads();
     }
     for (int e = tid; e < hb; e += half) out[row * k + j0 + e] = __float2bfloat16(v[e]);
+}
+
+// Batches of 9 to MMA_T rows: the tensor-core kernel of mma_tile.cuh, each thread staging 32
+// inputs (four 8-input chunks of the block) as grouped_dequant writes them.
+#include "mma_tile.cuh"
+
+template <typename L>
+struct Slice {
+    static constexpr bool TABLE = L::TABLE;
+    static constexpr int BYTES = L::BYTES;
+    __device__ static __forceinline__ void stage(const uint8_t* codes, const void* params_v, const uint8_t* table, int k, int g, size_t row,
+                                                 int k0, int half, __nv_bfloat16* ws_row) {
+        const __half2* params = static_cast<const __half2*>(params_v);
+        const uint8_t* blk = codes + (row * (k / 64) + k0 / 64) * L::BYTES;
+        const float2 p = __half22float2(params[row * (k / g) + (k0 + 32 * half) / g]);  // g >= 32: one group
+#pragma unroll
+        for (int c = 4 * half; c < 4 * half + 4; c++) {
+            float q[8];
+            L::decode(L::load(blk, c), c, table, q);
+            __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = __float2bfloat16(p.x * q[i] + p.y);
+            *reinterpret_cast<uint4*>(ws_row + 8 * c) = *reinterpret_cast<const uint4*>(v);
+        }
+    }
+};
+
+extern "C" __global__ void int3_mma_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, float* part,
+                                         int n, int k, int g, int t, int splits) {
+    grouped_mma<Slice<Int3>>(codes, params, x, y, part, n, k, g, t, splits);
+}
+extern "C" __global__ void int2_mma_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, float* part,
+                                         int n, int k, int g, int t, int splits) {
+    grouped_mma<Slice<Int2>>(codes, params, x, y, part, n, k, g, t, splits);
 }

@@ -8,9 +8,9 @@
 //
 // Decode (a few rows of x) runs the GEMV kernels: one warp per output row, each lane reading 8
 // code bytes at a time, so a warp's loads are contiguous and every weight byte is read once per
-// launch for up to ROWS rows of x. INT4 batches of up to MMA_T rows run int4_mma_bf16 on the
-// tensor cores, dequantizing each 64-input block in shared memory; larger ones (prompts)
-// dequantize the matrix to bf16 and use cuBLAS.
+// launch for up to ROWS rows of x. Batches of up to MMA_T rows run int4_mma_bf16 or
+// int8_mma_bf16 on the tensor cores (mma_tile.cuh), dequantizing each 64-input block in shared
+// memory; larger ones (prompts) dequantize the matrix to bf16 and use cuBLAS.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -192,111 +192,64 @@ extern "C" __global__ void int8_dequant_bf16(const int8_t* codes, const __half* 
     *reinterpret_cast<uint4*>(w + row * k + col) = *reinterpret_cast<const uint4*>(v);
 }
 
-// y (T, N) = x (T, K) . W^T for T <= MMA_T rows (a batched decode step), on the tensor cores:
-// each block takes MMA_N rows of W (one 16-row slice per warp) and every row of x; per 64-input
-// block it stages x's 64 columns and W's 64 x 64 slice, dequantized to bf16 (bf16(s * q + m),
-// as int4_dequant_bf16 writes it), in shared memory, then multiplies 16 x 16 x 16 tiles with
-// f32 accumulators. The packed codes are read once per launch, not once per row of x.
-// A matrix of few row slices and long rows (down_proj: 56 slices of 18944 inputs on a 7B)
-// would leave most SMs idle while each block walks its row, so blockIdx.y splits the inputs
-// into `splits` stretches: each block then writes its f32 partial to `part` (splits, T, N) and
-// int4_mma_reduce sums them. With one stretch the block writes y itself.
-#define MMA_T 64
-#define MMA_N 64
-#define MMA_LD 72  // padded row (bf16 values): 144 bytes, so tile rows start on 16-byte bounds
+// Batches of 9 to MMA_T rows: the tensor-core kernel of mma_tile.cuh, with the 64 x 64 slice
+// of W dequantized as int4_dequant_bf16 / int8_dequant_bf16 write it.
+#include "mma_tile.cuh"
 
-extern "C" __global__ void int4_mma_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x,
-                                         __nv_bfloat16* y, float* part, int n, int k, int g, int t, int splits) {
-    using namespace nvcuda;
-    __shared__ __align__(32) __nv_bfloat16 xs[MMA_T * MMA_LD];
-    __shared__ __align__(32) __nv_bfloat16 ws[MMA_N * MMA_LD];
-    __shared__ __align__(32) float staged[MMA_N / 16][16 * 16];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n0 = blockIdx.x * MMA_N;
-    const int tiles = (t + 15) / 16;
-    const int groups = k / g;
-
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MMA_T / 16];
+// Thread `half` of a row stages 16 code bytes (half a 32-byte block): inputs j (low nibbles)
+// and 32 + j (high), j in its half.
+struct Int4Slice {
+    static constexpr bool TABLE = false;
+    static constexpr int BYTES = 32;
+    __device__ static __forceinline__ void stage(const uint8_t* codes, const void* params_v, const uint8_t*, int k, int g, size_t row,
+                                                 int k0, int half, __nv_bfloat16* ws_row) {
+        const __half2* params = static_cast<const __half2*>(params_v);
+        const int groups = k / g;
+        __align__(16) __nv_bfloat16 lo[16];
+        __align__(16) __nv_bfloat16 hi[16];
+        uint4 raw = *reinterpret_cast<const uint4*>(codes + row * (k / 2) + k0 / 2 + half * 16);
+        float2 pl = __half22float2(params[row * groups + k0 / g]);
+        float2 ph = __half22float2(params[row * groups + (k0 + 32) / g]);
+        const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
 #pragma unroll
-    for (int i = 0; i < MMA_T / 16; i++) wmma::fill_fragment(acc[i], 0.f);
-
-    // This block's stretch of 64-input blocks: every stretch but the last has `per`.
-    const int per = (k / 64 + splits - 1) / splits;
-    const int k_begin = blockIdx.y * per * 64, k_end = min(k, k_begin + per * 64);
-    for (int k0 = k_begin; k0 < k_end; k0 += 64) {
-        // x's columns k0..k0+64 for rows 0..16*tiles (zeros past t): 8 values per thread-step.
-        for (int c = threadIdx.x; c < tiles * 16 * 8; c += blockDim.x) {
-            int r = c / 8, part = c % 8;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (r < t) v = *reinterpret_cast<const uint4*>(x + (size_t)r * k + k0 + part * 8);
-            *reinterpret_cast<uint4*>(xs + r * MMA_LD + part * 8) = v;
+        for (int i = 0; i < 16; i++) {
+            lo[i] = __float2bfloat16(pl.x * (float)(b[i] & 15) + pl.y);
+            hi[i] = __float2bfloat16(ph.x * (float)(b[i] >> 4) + ph.y);
         }
-        // W's 64 rows x 64 inputs: thread i dequantizes 16 code bytes (half a 32-byte block) of
-        // row i / 2: inputs j (low nibbles) and 32 + j (high), j in its half.
-        {
-            int r = threadIdx.x / 2, half = threadIdx.x % 2, row = n0 + r;
-            __align__(16) __nv_bfloat16 lo[16];
-            __align__(16) __nv_bfloat16 hi[16];
-            if (row < n) {
-                uint4 raw = *reinterpret_cast<const uint4*>(codes + (size_t)row * (k / 2) + k0 / 2 + half * 16);
-                float2 pl = __half22float2(params[(size_t)row * groups + k0 / g]);
-                float2 ph = __half22float2(params[(size_t)row * groups + (k0 + 32) / g]);
-                const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
-#pragma unroll
-                for (int i = 0; i < 16; i++) {
-                    lo[i] = __float2bfloat16(pl.x * (float)(b[i] & 15) + pl.y);
-                    hi[i] = __float2bfloat16(ph.x * (float)(b[i] >> 4) + ph.y);
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 16; i++) lo[i] = hi[i] = __float2bfloat16(0.f);
-            }
-            uint4* wl = reinterpret_cast<uint4*>(ws + r * MMA_LD + half * 16);
-            uint4* wh = reinterpret_cast<uint4*>(ws + r * MMA_LD + 32 + half * 16);
-            wl[0] = reinterpret_cast<const uint4*>(lo)[0];
-            wl[1] = reinterpret_cast<const uint4*>(lo)[1];
-            wh[0] = reinterpret_cast<const uint4*>(hi)[0];
-            wh[1] = reinterpret_cast<const uint4*>(hi)[1];
-        }
-        __syncthreads();
-        // B (k x n) is W^T: element (kk, c) at ws[c * MMA_LD + kk], so column-major.
-#pragma unroll
-        for (int kk = 0; kk < 64; kk += 16) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
-            wmma::load_matrix_sync(b, ws + warp * 16 * MMA_LD + kk, MMA_LD);
-#pragma unroll
-            for (int i = 0; i < MMA_T / 16; i++) {
-                if (i < tiles) {
-                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-                    wmma::load_matrix_sync(a, xs + i * 16 * MMA_LD + kk, MMA_LD);
-                    wmma::mma_sync(acc[i], a, b, acc[i]);
-                }
-            }
-        }
-        __syncthreads();
+        uint4* wl = reinterpret_cast<uint4*>(ws_row + half * 16);
+        uint4* wh = reinterpret_cast<uint4*>(ws_row + 32 + half * 16);
+        wl[0] = reinterpret_cast<const uint4*>(lo)[0];
+        wl[1] = reinterpret_cast<const uint4*>(lo)[1];
+        wh[0] = reinterpret_cast<const uint4*>(hi)[0];
+        wh[1] = reinterpret_cast<const uint4*>(hi)[1];
     }
-    // Each warp's 16 columns, one 16-row tile at a time, through its staging tile.
+};
+
+// Thread `half` of a row stages inputs 32 * half .. + 32: 32 code bytes, one scale each 32.
+struct Int8Slice {
+    static constexpr bool TABLE = false;
+    static constexpr int BYTES = 64;
+    __device__ static __forceinline__ void stage(const uint8_t* codes, const void* params_v, const uint8_t*, int k, int g, size_t row,
+                                                 int k0, int half, __nv_bfloat16* ws_row) {
+        const __half* scales = static_cast<const __half*>(params_v);
+        const int c0 = k0 + 32 * half;
+        const float s = __half2float(scales[row * (k / g) + c0 / g]);
+        __align__(16) int8_t q[32];
+        reinterpret_cast<uint4*>(q)[0] = *reinterpret_cast<const uint4*>(codes + row * k + c0);
+        reinterpret_cast<uint4*>(q)[1] = *reinterpret_cast<const uint4*>(codes + row * k + c0 + 16);
+        __align__(16) __nv_bfloat16 v[32];
 #pragma unroll
-    for (int i = 0; i < MMA_T / 16; i++) {
-        if (i < tiles) {
-            wmma::store_matrix_sync(staged[warp], acc[i], 16, wmma::mem_row_major);
-            __syncwarp();
-            for (int e = lane; e < 256; e += 32) {
-                int r = i * 16 + e / 16, col = n0 + warp * 16 + e % 16;
-                if (r >= t || col >= n) continue;
-                if (splits == 1) y[(size_t)r * n + col] = __float2bfloat16(staged[warp][e]);
-                else part[((size_t)blockIdx.y * t + r) * n + col] = staged[warp][e];
-            }
-            __syncwarp();
-        }
+        for (int i = 0; i < 32; i++) v[i] = __float2bfloat16(s * (float)q[i]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) reinterpret_cast<uint4*>(ws_row + 32 * half)[i] = reinterpret_cast<const uint4*>(v)[i];
     }
+};
+
+extern "C" __global__ void int4_mma_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x, __nv_bfloat16* y, float* part,
+                                         int n, int k, int g, int t, int splits) {
+    grouped_mma<Int4Slice>(codes, params, x, y, part, n, k, g, t, splits);
 }
-
-// y (T, N) = the sum of int4_mma_bf16's `splits` partials, in stretch order.
-extern "C" __global__ void int4_mma_reduce(const float* part, __nv_bfloat16* y, int n, int t, int splits) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)t * n) return;
-    float sum = 0.f;
-    for (int z = 0; z < splits; z++) sum += part[(size_t)z * t * n + i];
-    y[i] = __float2bfloat16(sum);
+extern "C" __global__ void int8_mma_bf16(const int8_t* codes, const __half* scales, const __nv_bfloat16* x, __nv_bfloat16* y, float* part,
+                                         int n, int k, int g, int t, int splits) {
+    grouped_mma<Int8Slice>(reinterpret_cast<const uint8_t*>(codes), scales, x, y, part, n, k, g, t, splits);
 }

@@ -46,6 +46,7 @@ impl Kind {
 }
 
 /// squish_quant::rotate's R = blockdiag(H_b) · D / √b on a matrix's inputs.
+#[derive(Clone)]
 struct Rotation {
     /// D's ±1 per input, f32 on the device.
     signs: Tensor,
@@ -59,10 +60,10 @@ struct Rotation {
 /// decoding every byte eight rows over) against bf16 cuBLAS's 3.0k: past 8 rows the kernel is
 /// bound by instructions, not memory.
 const GEMV_MAX_ROWS: usize = 8;
-/// INT4 batches of up to this many rows (quant.cu's MMA_T) run the tensor-core kernel, which
+/// Batches of up to this many rows (mma_tile.cuh's MMA_T) run the tensor-core kernel, which
 /// reads the packed codes once; larger ones (prompts) dequantize to bf16 and go through cuBLAS.
 const MMA_MAX_ROWS: usize = 64;
-/// Rows of the matrix per tensor-core block (quant.cu's MMA_N).
+/// Rows of the matrix per tensor-core block (mma_tile.cuh's MMA_N).
 const MMA_N: usize = 64;
 /// Blocks a tensor-core launch aims for: four per SM of an H100/H200 (132 SMs), so each SM
 /// has other blocks' loads in flight while one waits.
@@ -119,7 +120,7 @@ impl QuantMatrix {
     /// The matrix as stored rotated on its inputs by squish_quant::rotate's R (signs ±1 per
     /// input, Hadamard blocks of `block`): products rotate their inputs first.
     pub fn rotated(mut self, signs: &[f32], block: usize) -> Result<Self> {
-        if signs.len() != self.k || !block.is_power_of_two() || block < 2 || block > MAX_ROTATION_BLOCK || self.k % block != 0 {
+        if signs.len() != self.k || !block.is_power_of_two() || !(2..=MAX_ROTATION_BLOCK).contains(&block) || !self.k.is_multiple_of(block) {
             return Err(BackendError::Candle(candle_core::Error::Msg(format!(
                 "a rotation of {} inputs in blocks of {block} does not fit a {} x {} matrix's GPU kernels",
                 signs.len(),
@@ -177,11 +178,7 @@ impl QuantMatrix {
         let codes = Tensor::cat(&codes, 0)?;
         let params = Tensor::cat(&parts.iter().map(|m| &m.params).collect::<Vec<_>>(), 0)?;
         let n = parts.iter().map(|m| m.n).sum();
-        let rotation = match &first.rotation {
-            Some(r) => Some(Rotation { signs: r.signs.clone(), host: r.host.clone(), block: r.block }),
-            None => None,
-        };
-        Ok(Some(Self { kind: first.kind, codes, params, n, k: first.k, group: first.group, table: first.table, rotation }))
+        Ok(Some(Self { kind: first.kind, codes, params, n, k: first.k, group: first.group, table: first.table, rotation: first.rotation.clone() }))
     }
 
     /// x (..., K) -> (..., N), in bf16.
@@ -197,7 +194,7 @@ impl QuantMatrix {
         };
         let y = if t <= GEMV_MAX_ROWS {
             x2.apply_op3_no_bwd(&self.codes, &self.params, &Op::Gemv(self.spec()))?
-        } else if t <= MMA_MAX_ROWS && self.kind == Kind::Int4 {
+        } else if t <= MMA_MAX_ROWS {
             x2.apply_op3_no_bwd(&self.codes, &self.params, &Op::Mma(self.spec()))?
         } else {
             x2.matmul(&self.dequantize()?.t()?)?
@@ -231,7 +228,7 @@ struct Spec {
 enum Op {
     /// (x, codes, params) -> y
     Gemv(Spec),
-    /// (x, codes, params) -> y on the tensor cores (INT4, up to MMA_MAX_ROWS rows)
+    /// (x, codes, params) -> y on the tensor cores (up to MMA_MAX_ROWS rows)
     Mma(Spec),
     /// (codes, params) -> w
     Dequantize(Spec),
@@ -404,8 +401,8 @@ mod launch {
         let Some((o1, o2)) = lx.contiguous_offsets() else { candle_core::bail!("mma input is not contiguous") };
         let xs = x.as_cuda_slice::<bf16>()?.slice(o1..o2);
         let t = (o2 - o1) / spec.k;
-        if spec.kind != Kind::Int4 || t > super::MMA_MAX_ROWS {
-            candle_core::bail!("the tensor-core kernel takes INT4 and at most {} rows", super::MMA_MAX_ROWS);
+        if t > super::MMA_MAX_ROWS {
+            candle_core::bail!("the tensor-core kernel takes at most {} rows", super::MMA_MAX_ROWS);
         }
         let y = unsafe { dev.alloc::<bf16>(t * spec.n)? };
         let (splits, _) = super::mma_split(spec.n, spec.k);
@@ -417,7 +414,8 @@ mod launch {
             block_dim: (super::MMA_N as u32 / 16 * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let f = dev.get_or_load_custom_func("int4_mma_bf16", MODULE, PTX)?;
+        let (name, module, ptx) = kernel(spec.kind, "mma");
+        let f = dev.get_or_load_custom_func(&name, module, ptx)?;
         let (c, p) = (codes.as_cuda_slice::<u8>()?, params.as_cuda_slice::<f16>()?);
         let (n, k, g, t_i, splits_i) = (spec.n as i32, spec.k as i32, spec.group as i32, t as i32, splits as i32);
         let mut b = f.builder();
@@ -428,7 +426,7 @@ mod launch {
         if splits > 1 {
             const THREADS: u32 = 256;
             let cfg = LaunchConfig { grid_dim: (((t * spec.n) as u32).div_ceil(THREADS), 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-            let f = dev.get_or_load_custom_func("int4_mma_reduce", MODULE, PTX)?;
+            let f = dev.get_or_load_custom_func("mma_reduce", module, ptx)?;
             let mut b = f.builder();
             b.arg(&part).arg(&y).arg(&n).arg(&t_i).arg(&splits_i);
             // SAFETY: part holds splits x t x n partials written by the launch before.

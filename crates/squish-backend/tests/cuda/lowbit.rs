@@ -1,7 +1,8 @@
 //! The kernels for squish's INT3 and INT2 matrices (src/cuda/lowbit.cu) against squish-quant's
 //! scalar references on the same packed bytes, stored plain and rotated (the GPU rotates the
-//! inputs first): the GEMV (up to 8 rows) and the dequantize-then-cuBLAS path (more), groups
-//! of 32 and 64; and stacking, which needs one kind, group, codebook and rotation.
+//! inputs first): the GEMV (up to 8 rows), the tensor-core kernel (9 to 64) and the
+//! dequantize-then-cuBLAS path (more), groups of 32 and 64; and stacking, which needs one
+//! kind, group, codebook and rotation.
 //!
 //! Tolerance: as for INT4 (quant.rs), 1% of each row's largest |value|. The reference takes
 //! the rotated inputs rounded to bf16, as the GPU passes them to the product.
@@ -12,11 +13,13 @@ use squish_backend::QuantMatrix;
 use squish_quant::rotate::Rotation;
 use squish_quant::{int2, int3};
 
-/// `m` against `reference` (the CPU's product of the stored matrix with already rotated
-/// inputs) at batches on both sides of the GEMV's 8 rows.
-fn check(label: &str, m: &QuantMatrix, rotation: Option<&Rotation>, reference: &dyn Fn(&[f32], usize, &mut [f32]), dev: &Device) {
+/// The CPU's product of a stored matrix with t rows of (already rotated) inputs.
+type Reference<'a> = &'a dyn Fn(&[f32], usize, &mut [f32]);
+
+/// `m` against `reference` at batches for each of its paths.
+fn check(label: &str, m: &QuantMatrix, rotation: Option<&Rotation>, reference: Reference, dev: &Device) {
     let (n, k) = m.shape();
-    for t in [1, 3, 8, 13] {
+    for t in [1, 3, 8, 9, 40, 64, 65] {
         let x = bf16_round(&noise(t * k, t as u32 + 11));
         let xt = Tensor::from_vec(x.clone(), (1, t, k), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_device(dev).unwrap();
         let mut xr = x.clone();

@@ -1,6 +1,6 @@
 //! The kernels for squish's INT4 and INT8 matrices against squish-quant's scalar references
-//! on the same packed bytes: GEMV batches (up to 8 rows), INT4's tensor-core kernel (9 to 64
-//! rows; INT8 dequantizes there) and the dequantize-then-cuBLAS path (more rows), groups of 32
+//! on the same packed bytes: GEMV batches (up to 8 rows), the tensor-core kernel (9 to 64
+//! rows) and the dequantize-then-cuBLAS path (more rows), groups of 32
 //! and 64, widths that are not multiples of a warp's 256-byte stride or of the tensor-core
 //! kernel's 64 rows, and matrices stacked on their outputs.
 //!
