@@ -11,8 +11,10 @@ fn main() {
     for kernel in KERNELS {
         println!("cargo::rerun-if-changed=src/cuda/{kernel}.cu");
     }
-    // Included by quant.cu and lowbit.cu.
-    println!("cargo::rerun-if-changed=src/cuda/mma_tile.cuh");
+    // Headers the .cu files include.
+    for header in ["common", "mma_tile"] {
+        println!("cargo::rerun-if-changed=src/cuda/{header}.cuh");
+    }
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;

@@ -17,6 +17,8 @@
 #include <cuda_bf16.h>
 #include <math.h>
 
+#include "common.cuh"
+
 #define MAX_SEQS 32
 #define MAX_GROUP 8
 #define MAX_D 128
@@ -27,11 +29,6 @@ struct Caches {
     unsigned long long v[MAX_SEQS];
     int pos[MAX_SEQS];
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Where block (s, h, z)'s partial for query head g of its group starts in `part`: its max, its
 // sum of exponentials, then d unnormalised outputs.

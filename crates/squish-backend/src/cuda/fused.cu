@@ -4,6 +4,8 @@
 
 #include <cuda_bf16.h>
 
+#include "common.cuh"
+
 #define THREADS 256
 
 // out (rows, width) = silu(gate) * up; gate and up rows lie gst and ust values apart (views of
@@ -16,11 +18,6 @@ extern "C" __global__ void silu_mul_bf16(const __nv_bfloat16* gate, const __nv_b
     float g = __bfloat162float(gate[r * gst + c]);
     float u = __bfloat162float(up[r * ust + c]);
     out[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // One block per row of x, y (rows, width): out[0] = x + y rounded to bf16 (the residual stream

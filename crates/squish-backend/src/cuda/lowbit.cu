@@ -15,6 +15,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "common.cuh"
+
 #define LB_ROWS 8
 #define LB_WARPS 4
 #define LB_UNROLL 2
@@ -57,22 +59,6 @@ struct Int2 {
         for (int i = 0; i < 8; i++) q[i] = (float)table[((r.w >> (8 * (i >> 1) + shift)) & 15) + 16 * (i & 1)];
     }
 };
-
-__device__ __forceinline__ float lb_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ void lb_load8(const __nv_bfloat16* p, float* out) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
 
 // The codebook (INT2) in shared memory; every thread of the block calls it.
 template <typename L>
@@ -117,7 +103,7 @@ __device__ void grouped_gemv(const uint8_t* codes, const __half2* params, const 
             for (int r = 0; r < LB_ROWS; r++) {
                 if (r < rows) {
                     float xv[8];
-                    lb_load8(x + (size_t)(t0 + r) * k + in0, xv);
+                    load8(x + (size_t)(t0 + r) * k + in0, xv);
                     float dot = 0.f, sum = 0.f;
 #pragma unroll
                     for (int i = 0; i < 8; i++) {
@@ -132,7 +118,7 @@ __device__ void grouped_gemv(const uint8_t* codes, const __half2* params, const 
 #pragma unroll
     for (int r = 0; r < LB_ROWS; r++) {
         if (r < rows) {
-            const float s = lb_warp_sum(acc[r]);
+            const float s = warp_sum(acc[r]);
             if (lane == 0) y[(size_t)(t0 + r) * n + row] = __float2bfloat16(s);
         }
     }

@@ -17,26 +17,11 @@
 #include <mma.h>
 #include <stdint.h>
 
+#include "common.cuh"
+
 #define ROWS 8
 #define WARPS 4
 #define UNROLL 4
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// 8 consecutive bf16 values of x as floats.
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
 
 // y[t0 + i][row] for i < rows (rows <= ROWS); x: (T, K) bf16, y: (T, N) bf16.
 extern "C" __global__ void int4_gemv_bf16(const uint8_t* codes, const __half2* params, const __nv_bfloat16* x,

@@ -8,7 +8,7 @@
 //! Tolerance: the output is bf16, so each element may differ from the reference by 1% of its
 //! head's largest |value|; the stored key by one bf16 rounding.
 
-use super::{bf16, download, gpu, upload, values};
+use super::{attend, bf16, compare_head, download, gpu, upload, values};
 use candle_core::{Device, Tensor};
 use squish_backend::{decode_attention, CacheSlot, Rope};
 
@@ -81,17 +81,8 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &
                 let qr = &q[(i * heads + hq) * d..][..d];
                 // The kernel rounds the rotated query to bf16, as the generic path does.
                 let qrot: Vec<f64> = (0..d).map(|j| bf16(rotate(qr, j))).collect();
-                let scores: Vec<f64> = (0..=pos)
-                    .map(|p| qrot.iter().zip(&kc[at(p)..at(p) + d]).map(|(a, &b)| a * b as f64).sum::<f64>() / (d as f64).sqrt())
-                    .collect();
-                let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
-                let total: f64 = weights.iter().sum();
-                let want: Vec<f64> = (0..d).map(|e| (0..=pos).map(|p| weights[p] * vc[at(p) + e] as f64).sum::<f64>() / total).collect();
-                let got = &out[(i * heads + hq) * d..][..d];
-                let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-                let diff = got.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0f64, f64::max);
-                assert!(diff <= 0.01 * scale, "{label}: seq {i} head {hq}: max |diff| {diff} vs largest |value| {scale}");
+                let want = attend(&qrot, &kc[at(0)..at(pos + 1)], &vc[at(0)..at(pos + 1)], d);
+                compare_head(&format!("{label}: seq {i} head {hq}"), &out[(i * heads + hq) * d..][..d], &want);
             }
         }
     }

@@ -59,3 +59,20 @@ fn upload(x: &[f32], shape: &[usize], dev: &Device) -> Tensor {
 fn download(t: &Tensor) -> Vec<f32> {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
+
+/// The f64 reference of one query's attention: `q` (d values, rotated and scaled as the kernel
+/// rounds it) over the keys and values of consecutive positions (d values each).
+fn attend(q: &[f64], keys: &[f32], values: &[f32], d: usize) -> Vec<f64> {
+    let scores: Vec<f64> = keys.chunks(d).map(|k| q.iter().zip(k).map(|(a, &b)| a * b as f64).sum::<f64>() / (d as f64).sqrt()).collect();
+    let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    (0..d).map(|e| weights.iter().zip(values.chunks(d)).map(|(w, v)| w * v[e] as f64).sum::<f64>() / total).collect()
+}
+
+/// One head's bf16 output within 1% of its largest |value| in `want`.
+fn compare_head(label: &str, got: &[f32], want: &[f64]) {
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(want).map(|(&a, b)| (a as f64 - b).abs()).fold(0f64, f64::max);
+    assert!(diff <= 0.01 * scale, "{label}: max |diff| {diff} vs largest |value| {scale}");
+}

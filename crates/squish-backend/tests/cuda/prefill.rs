@@ -7,7 +7,7 @@
 //! tensor cores (as the generic path does), so each element may differ from the reference by
 //! 1% of its row's largest |value|; the stored keys by one bf16 rounding.
 
-use super::{bf16, download, gpu, upload, values};
+use super::{attend, bf16, compare_head, download, gpu, upload, values};
 use candle_core::Device;
 use squish_backend::{prefill_attention, CacheSlot, Rope};
 
@@ -63,17 +63,8 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), start: usize
             for i in 0..t {
                 let pos = start + i;
                 let qrot: Vec<f64> = (0..d).map(|j| bf16(rotate(&q[i * qw + hq * d..][..d], pos, j))).collect();
-                let scores: Vec<f64> = (0..=pos)
-                    .map(|p| qrot.iter().zip(&kc[at(p)..at(p) + d]).map(|(a, &b)| a * b as f64).sum::<f64>() / (d as f64).sqrt())
-                    .collect();
-                let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
-                let total: f64 = weights.iter().sum();
-                let want: Vec<f64> = (0..d).map(|e| (0..=pos).map(|p| weights[p] * vc[at(p) + e] as f64).sum::<f64>() / total).collect();
-                let got = &out[i * qw + hq * d..][..d];
-                let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-                let diff = got.iter().zip(&want).map(|(&a, b)| (a as f64 - b).abs()).fold(0f64, f64::max);
-                assert!(diff <= 0.01 * scale, "{label}: token {i} head {hq}: max |diff| {diff} vs largest |value| {scale}");
+                let want = attend(&qrot, &kc[at(0)..at(pos + 1)], &vc[at(0)..at(pos + 1)], d);
+                compare_head(&format!("{label}: token {i} head {hq}"), &out[i * qw + hq * d..][..d], &want);
             }
         }
     }
