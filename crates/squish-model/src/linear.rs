@@ -243,7 +243,10 @@ impl Linear {
     /// x: (batch, seq, in) -> (batch, seq, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let y = match &self.weight {
-            Weight::Dense(w) => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+            Weight::Dense(w) => match dense_decode(&[self], x)? {
+                Some(mut y) => return Ok(y.remove(0)),
+                None => candle_nn::Linear::new(w.clone(), None).forward(x)?,
+            },
             // Rotates x first where the matrix is stored rotated.
             Weight::Gpu { device, .. } => device.matmul(x)?,
             _ => {
@@ -278,6 +281,11 @@ impl Linear {
         let k = x.dim(x.rank() - 1)?;
         let t = x.elem_count() / k;
         let plain = layers.iter().all(|l| l.rotation.is_none());
+        if layers.len() > 1 && plain {
+            if let Some(outs) = dense_decode(layers, x)? {
+                return Ok(outs);
+            }
+        }
         let fused = match layers.len() > 1 && plain && int4::panels_read_for(t) {
             true => layers
                 .iter()
@@ -322,6 +330,49 @@ impl Linear {
         r.apply_inverse(&mut v);
         Ok(Tensor::from_vec(v, rows.shape(), device)?.to_dtype(rows.dtype())?)
     }
+}
+
+/// x Wᵀ + b of layers reading the same x, for a few tokens on the CPU in f32, in one parallel
+/// region (`squish_quant::dense`: each W streamed once at memory speed, where candle's matmul
+/// ran a decode step at half of it). None unless every layer is a dense f32 matrix.
+fn dense_decode(layers: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>, ModelError> {
+    let k = x.dim(x.rank() - 1)?;
+    let t = x.elem_count() / k.max(1);
+    let ws: Option<Vec<&Tensor>> = layers
+        .iter()
+        .map(|l| match &l.weight {
+            Weight::Dense(w) if w.dtype() == candle_core::DType::F32 && w.is_contiguous() && w.dims2().ok().map(|d| d.1) == Some(k) => Some(w),
+            _ => None,
+        })
+        .collect();
+    let fits = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && (1..=squish_quant::dense::MAX_TOKENS).contains(&t);
+    let Some(ws) = ws.filter(|_| fits) else { return Ok(None) };
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; t * w.dim(0).unwrap_or(0)]).collect();
+    let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(st, layout)| match (&**st, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some((a, b))) => Ok(&c.as_slice::<f32>()?[a..b]),
+            _ => Err(quant_err("a dense weight that is not contiguous f32 on the CPU")),
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    let mut parts: Vec<(&[f32], usize, &mut [f32])> =
+        slices.iter().zip(&mut outs).map(|(w, out)| (*w, w.len() / k, out.as_mut_slice())).collect();
+    squish_backend::with_f32(x, |xs| squish_quant::dense::matmul_many(&mut parts, k, xs, t))?;
+    drop(parts);
+    outs.into_iter()
+        .zip(layers)
+        .map(|(out, l)| {
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("x has dims") = l.shape().0;
+            let y = Tensor::from_vec(out, dims, x.device())?;
+            Ok(match &l.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            })
+        })
+        .collect::<Result<Vec<_>, ModelError>>()
+        .map(Some)
 }
 
 fn quant_err(e: impl std::fmt::Display) -> ModelError {

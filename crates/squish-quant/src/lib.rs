@@ -44,6 +44,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod act;
+pub mod dense;
 mod error;
 mod fit;
 pub mod grouped;
