@@ -251,7 +251,6 @@ impl Linear {
             Weight::Gpu { device, .. } => device.matmul(x)?,
             _ => {
                 let (n, k) = self.shape();
-                let dims = x.dims().to_vec();
                 let t = x.elem_count() / k;
                 let mut out = vec![0f32; t * n];
                 match &self.rotation {
@@ -262,9 +261,7 @@ impl Linear {
                     }
                     None => squish_backend::with_f32(x, |xs| self.weight.quantized_matmul(xs, t, &mut out))??,
                 }
-                let mut out_dims = dims;
-                *out_dims.last_mut().expect("x has dims") = n;
-                Tensor::from_vec(out, out_dims, x.device())?
+                return self.output_from(out, x);
             }
         };
         Ok(match &self.bias {
@@ -307,18 +304,19 @@ impl Linear {
         let mut outs: Vec<Vec<f32>> = matrices.iter().map(|(m, _)| vec![0f32; t * m.n()]).collect();
         let mut parts: Vec<_> = matrices.iter().zip(&mut outs).map(|((m, p), out)| (m, Some(*p), out.as_mut_slice())).collect();
         squish_backend::with_f32(x, |xs| int4::matmul_many_with_panels(&mut parts, xs, t))?;
-        outs.into_iter()
-            .zip(layers)
-            .map(|(out, l)| {
-                let mut dims = x.dims().to_vec();
-                *dims.last_mut().expect("x has dims") = l.shape().0;
-                let y = Tensor::from_vec(out, dims, x.device())?;
-                Ok(match &l.bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                })
-            })
-            .collect()
+        outs.into_iter().zip(layers).map(|(out, l)| l.output_from(out, x)).collect()
+    }
+
+    /// This layer's output from its product's values for input x: shaped as x with its last
+    /// dimension the layer's outputs, the bias added.
+    fn output_from(&self, out: Vec<f32>, x: &Tensor) -> Result<Tensor, ModelError> {
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("x has dims") = self.shape().0;
+        let y = Tensor::from_vec(out, dims, x.device())?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
     }
 
     /// Rows of the weight as an embedding lookup: ids (t) -> (t, in)
@@ -360,19 +358,7 @@ fn dense_decode(layers: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>, M
         slices.iter().zip(&mut outs).map(|(w, out)| (*w, w.len() / k, out.as_mut_slice())).collect();
     squish_backend::with_f32(x, |xs| squish_quant::dense::matmul_many(&mut parts, k, xs, t))?;
     drop(parts);
-    outs.into_iter()
-        .zip(layers)
-        .map(|(out, l)| {
-            let mut dims = x.dims().to_vec();
-            *dims.last_mut().expect("x has dims") = l.shape().0;
-            let y = Tensor::from_vec(out, dims, x.device())?;
-            Ok(match &l.bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            })
-        })
-        .collect::<Result<Vec<_>, ModelError>>()
-        .map(Some)
+    outs.into_iter().zip(layers).map(|(out, l)| l.output_from(out, x)).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
 fn quant_err(e: impl std::fmt::Display) -> ModelError {
