@@ -69,8 +69,18 @@ class Caches(ctypes.Structure):
     _fields_ = [("k", ctypes.c_uint64 * MAX_SEQS), ("v", ctypes.c_uint64 * MAX_SEQS), ("pos", ctypes.c_int * MAX_SEQS)]
 
 
-def check_attention(lib, heads, kv_heads, d, positions, stacked):
+def joint_bias(with_bias, heads, kv_heads, d):
+    """A q|k|v bias (bf16 values) and its bits, or (zeros, None): the kernels add it."""
+    n = (heads + 2 * kv_heads) * d
+    if not with_bias:
+        return np.zeros(n, np.float32), None
+    b = values(n, 2.0)
+    return b, bf16(b)
+
+
+def check_attention(lib, heads, kv_heads, d, positions, stacked, with_bias=False):
     rows, group, half = len(positions), heads // kv_heads, d // 2
+    bias, bias_bits = joint_bias(with_bias, heads, kv_heads, d)
     cap = max(positions) + 2
     inv = 1.0 / 10000 ** (2 * np.arange(half) / d)
     ang = np.arange(cap)[:, None] * inv[None, :]
@@ -96,9 +106,13 @@ def check_attention(lib, heads, kv_heads, d, positions, stacked):
             table.k[i], table.v[i], table.pos[i] = caches[s][0].ctypes.data, caches[s][1].ctypes.data, positions[s]
         splits, span = split(len(chunk) * kv_heads, max(positions[s] for s in chunk) + 1)
         part = np.zeros(len(chunk) * heads * splits * (d + 2) if splits > 1 else 1, np.float32)
-        lib.emu_decode_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), ptr(cos), ptr(sin), ptr(out), ptr(part), ctypes.byref(table),
+        lib.emu_decode_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), None if bias_bits is None else ptr(bias_bits), ptr(cos), ptr(sin),
+                                 ptr(out), ptr(part), ctypes.byref(table),
                                  len(chunk), c0, qst, kst, vst, heads, kv_heads, d, cap, ctypes.c_float(1 / np.sqrt(d)), splits, span)
     got = f32(out)
+    # What the kernel attends with: each row plus its bias, rounded to bf16.
+    plus = lambda x, b: f32(bf16(x.astype(np.float32) + b.astype(np.float32)))
+    q, kn, vn = plus(q, bias[:heads * d]), plus(kn, bias[heads * d:(heads + kv_heads) * d]), plus(vn, bias[(heads + kv_heads) * d:])
     worst = 0.0
     for s, pos in enumerate(positions):
         kc, vc = f32(caches[s][0]), f32(caches[s][1])
@@ -123,8 +137,9 @@ def check_attention(lib, heads, kv_heads, d, positions, stacked):
 
 
 # ---- prompt attention (prefill.cu, host code in prefill.rs) ----
-def check_prefill(lib, heads, kv_heads, d, start, t, stacked):
+def check_prefill(lib, heads, kv_heads, d, start, t, stacked, with_bias=False):
     group, half = heads // kv_heads, d // 2
+    bias, bias_bits = joint_bias(with_bias, heads, kv_heads, d)
     cap = start + t + 3
     inv = 1.0 / 10000 ** (2 * np.arange(half) / d)
     ang = np.arange(cap)[:, None] * inv[None, :]
@@ -142,8 +157,10 @@ def check_prefill(lib, heads, kv_heads, d, start, t, stacked):
     kc, vc = bf16(values((kv_heads, cap, d))), bf16(values((kv_heads, cap, d)))
     kc0, vc0 = kc.copy(), vc.copy()
     out = np.zeros((t, heads * d), np.uint16)
-    lib.emu_prefill_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), ptr(cos), ptr(sin), ptr(kc), ptr(vc), ptr(out), qst, kst, vst,
-                              heads, kv_heads, d, cap, start, t)
+    lib.emu_prefill_attention(P(addr(qb)), P(addr(kb)), P(addr(vb)), None if bias_bits is None else ptr(bias_bits), ptr(cos), ptr(sin),
+                              ptr(kc), ptr(vc), ptr(out), qst, kst, vst, heads, kv_heads, d, cap, start, t)
+    plus = lambda x, b: f32(bf16(x.astype(np.float32) + b.astype(np.float32)))
+    q, kn, vn = plus(q, bias[:heads * d]), plus(kn, bias[heads * d:(heads + kv_heads) * d]), plus(vn, bias[(heads + kv_heads) * d:])
     label = f"prefill {heads}/{kv_heads} d{d} start {start} t {t} stacked={stacked}"
     new = slice(start, start + t)
     keep = np.ones(cap, bool)
@@ -333,6 +350,7 @@ def main():
         worst = max(worst, check_attention(att, 28, 4, 128, [pos], False))
     worst = max(worst, check_attention(att, 28, 4, 128, [200], True))
     worst = max(worst, check_attention(att, 28, 4, 128, [0, 5, 300, 150], False))
+    worst = max(worst, check_attention(att, 28, 4, 128, [0, 77, 300], True, with_bias=True))  # Qwen2's q/k/v bias
     worst = max(worst, check_attention(att, 9, 3, 64, [3, 140, 77], True))
     worst = max(worst, check_attention(att, 8, 2, 64, [(i * 37) % 100 for i in range(40)], False))
     print(f"attention: ok (worst {worst:.2e} of a head's largest |value|)")
@@ -343,6 +361,7 @@ def main():
     for heads, kv_heads, d, start, t, stacked in [(4, 2, 64, 0, 1, False), (4, 2, 64, 0, 70, False), (4, 1, 128, 37, 130, False),
                                                    (9, 3, 64, 100, 33, True), (14, 2, 128, 0, 64, True), (2, 2, 32, 5, 17, False)]:
         worst = max(worst, check_prefill(pre, heads, kv_heads, d, start, t, stacked))
+    worst = max(worst, check_prefill(pre, 14, 2, 128, 20, 70, True, with_bias=True))  # Qwen2's q/k/v bias
     print(f"prefill attention: ok (worst {worst:.2e} of a row's largest |value|)")
     print(f"fused: ok (worst {check_fused(build('fused', 'EMU_FUSED')):.2e})")
     print(f"int3 and int2 gemv, mma and dequantization, input rotation: ok (worst {check_lowbit(build('lowbit', 'EMU_LOWBIT')):.2e})")

@@ -6,22 +6,26 @@
 
 extern "C" {
 #if defined(EMU_ATTENTION)
-void emu_decode_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* cos_t,
+void emu_decode_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* bias, const __nv_bfloat16* cos_t,
                           const __nv_bfloat16* sin_t, __nv_bfloat16* out, float* part, const Caches* c, int rows, int s0, int qst,
                           int kst, int vst, int heads, int kv_heads, int d, int cap, float scale, int splits, int span) {
     emu::launch({(unsigned)rows, (unsigned)kv_heads, (unsigned)splits}, {32 * WARPS}, [&] {
-        decode_attention_bf16(q, k, v, cos_t, sin_t, out, part, *c, s0, qst, kst, vst, heads, kv_heads, d, cap, scale, splits, span);
+        decode_attention_bf16(q, k, v, bias, cos_t, sin_t, out, part, *c, s0, qst, kst, vst, heads, kv_heads, d, cap, scale, splits, span);
     });
     if (splits > 1)
         emu::launch({(unsigned)rows, (unsigned)heads, 1}, {(unsigned)d}, [&] { decode_attention_merge(part, out, s0, heads, kv_heads, d, splits); });
 }
 #elif defined(EMU_PREFILL)
-void emu_prefill_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* cos_t,
-                           const __nv_bfloat16* sin_t, __nv_bfloat16* kc, __nv_bfloat16* vc, __nv_bfloat16* out, int qst, int kst,
-                           int vst, int heads, int kv_heads, int d, int cap, int start, int t) {
-    emu::launch({(unsigned)t, (unsigned)kv_heads, 1}, {(unsigned)(d / 2)}, [&] { prefill_store_kv(k, v, cos_t, sin_t, kc, vc, kst, vst, d, cap, start); });
+// bias: the joint q|k|v bias, or null (the host passes its three pieces).
+void emu_prefill_attention(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* bias,
+                           const __nv_bfloat16* cos_t, const __nv_bfloat16* sin_t, __nv_bfloat16* kc, __nv_bfloat16* vc,
+                           __nv_bfloat16* out, int qst, int kst, int vst, int heads, int kv_heads, int d, int cap, int start, int t) {
+    const __nv_bfloat16* kb = bias ? bias + heads * d : nullptr;
+    const __nv_bfloat16* vb = bias ? bias + (heads + kv_heads) * d : nullptr;
+    emu::launch({(unsigned)t, (unsigned)kv_heads, 1}, {(unsigned)(d / 2)},
+                [&] { prefill_store_kv(k, v, kb, vb, cos_t, sin_t, kc, vc, kst, vst, d, cap, start); });
     emu::launch({(unsigned)((t + BQ - 1) / BQ), (unsigned)heads, 1}, {32 * PF_WARPS}, [&] {
-        prefill_attention_bf16(q, cos_t, sin_t, kc, vc, out, qst, heads, kv_heads, d, cap, start, t, 1.f / std::sqrt((float)d));
+        prefill_attention_bf16(q, bias, cos_t, sin_t, kc, vc, out, qst, heads, kv_heads, d, cap, start, t, 1.f / std::sqrt((float)d));
     });
 }
 #elif defined(EMU_LOWBIT)

@@ -335,10 +335,11 @@ impl Decoder {
         let proj = |t: Target, lin: &Linear, x: &Tensor| add_deltas(&self.adapters, &segments, i, t, x, lin.forward(x)?);
         obs.observe(Tap::AttnIn(i), &n)?;
         let a = &layer.attn;
-        let [q, k, v] = a.qkv.forward(&n)?;
+        // On a GPU, Qwen2's q/k/v bias is added by the attention kernels as they read the rows.
+        let ([q, k, v], bias) = a.qkv.forward_deferring_bias(&n)?;
         let delta = |t: Target, y: Tensor| add_deltas(&self.adapters, &segments, i, t, &n, y);
         let qkv = (delta(Target::Q, q)?, delta(Target::K, k)?, delta(Target::V, v)?);
-        let att = self.attention(a, qkv, steps, i)?;
+        let att = self.attention(a, qkv, bias.as_ref(), steps, i)?;
         obs.observe(Tap::AttnOut(i), &att)?;
         let (x, n) = add_rms_norm(&x, &proj(Target::O, &a.o, &att)?, &layer.mlp_norm, self.eps())?;
         obs.observe(Tap::MlpIn(i), &n)?;
@@ -359,7 +360,7 @@ impl Decoder {
     pub(crate) fn stage_attn_out(&self, layer: &Layer, cache_slot: usize, n: &Tensor, steps: &mut [Step<'_>]) -> Result<Tensor, ModelError> {
         let a = &layer.attn;
         let [q, k, v] = a.qkv.forward(n)?;
-        self.attention(a, (q, k, v), steps, cache_slot)
+        self.attention(a, (q, k, v), None, steps, cache_slot)
     }
 
     /// x and the o_proj input -> x after attention (1, t, hidden) and the gate/up input.
@@ -418,22 +419,35 @@ impl Decoder {
         Ok(logits.squeeze(0)?.argmax(candle_core::D::Minus1)?.to_vec1()?)
     }
 
-    /// q, k, v projections of every step's rows, in order (1, t, heads * head_dim) -> attention
-    /// output before o_proj (1, t, heads * head_dim)
-    fn attention(&self, a: &Attention, (q_all, k_all, v_all): (Tensor, Tensor, Tensor), steps: &mut [Step<'_>], layer: usize) -> Result<Tensor, ModelError> {
+    /// q, k, v projections of every step's rows, in order (1, t, heads * head_dim), and their
+    /// stacked bias where the projection left it to attention (`forward_deferring_bias`) ->
+    /// attention output before o_proj (1, t, heads * head_dim)
+    fn attention(
+        &self,
+        a: &Attention,
+        (mut q_all, mut k_all, mut v_all): (Tensor, Tensor, Tensor),
+        mut bias: Option<&Tensor>,
+        steps: &mut [Step<'_>],
+        layer: usize,
+    ) -> Result<Tensor, ModelError> {
+        if bias.is_some() && (a.q_norm.is_some() || a.k_norm.is_some()) {
+            // The bias goes before the per-head norms, which the kernels do not apply.
+            (q_all, k_all, v_all) = self.add_bias(bias.take(), (q_all, k_all, v_all))?;
+        }
         if let Some(out) = self.decode_attention_cpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
             return Ok(out);
         }
         if !self.device.is_cpu() {
             let (q_gpu, k_gpu) = self.qk_normed(a, &q_all, &k_all)?;
             let qkv = [&q_gpu, &k_gpu, &v_all];
-            if let Some(out) = self.decode_attention_gpu(qkv, steps, layer)? {
+            if let Some(out) = self.decode_attention_gpu(qkv, bias, steps, layer)? {
                 return Ok(out);
             }
-            if let Some(out) = self.prompt_attention_gpu(qkv, steps, layer)? {
+            if let Some(out) = self.prompt_attention_gpu(qkv, bias, steps, layer)? {
                 return Ok(out);
             }
         }
+        let (q_all, k_all, v_all) = self.add_bias(bias, (q_all, k_all, v_all))?;
         let hd = self.cfg.head_dim;
         // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
         let split = |y: Tensor, heads: usize, norm: &Option<Tensor>, start: usize| -> Result<Tensor, ModelError> {
@@ -528,7 +542,7 @@ impl Decoder {
     /// `attention` for decode steps of one token per sequence on a GPU: RoPE, the cache writes
     /// and every sequence's attention in one kernel launch (`squish_backend::decode_attention`).
     /// None (nothing written) where it does not apply.
-    fn decode_attention_gpu(&self, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
+    fn decode_attention_gpu(&self, qkv: [&Tensor; 3], bias: Option<&Tensor>, steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
         if steps.iter().any(|s| s.tokens.len() != 1) {
             return Ok(None);
         }
@@ -539,14 +553,14 @@ impl Decoder {
                 CacheSlot { keys, values, pos: s.cache.len() }
             })
             .collect();
-        Ok(decode_attention(qkv[0], qkv[1], qkv[2], &slots, self.rope.tables(), self.head_dims())?)
+        Ok(decode_attention(qkv[0], qkv[1], qkv[2], bias, &slots, self.rope.tables(), self.head_dims())?)
     }
 
     /// `attention` for prompts, prompt chunks and mixed batches on a GPU: per sequence, RoPE,
     /// the cache writes and causal attention in two launches that never materialise the
     /// score matrix (`squish_backend::prefill_attention`). None (nothing written) where it
     /// does not apply.
-    fn prompt_attention_gpu(&self, qkv: [&Tensor; 3], steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
+    fn prompt_attention_gpu(&self, qkv: [&Tensor; 3], bias: Option<&Tensor>, steps: &mut [Step<'_>], layer: usize) -> Result<Option<Tensor>, ModelError> {
         let mut outs = Vec::with_capacity(steps.len());
         let mut row = 0;
         for s in steps.iter().filter(|s| !s.tokens.is_empty()) {
@@ -554,7 +568,7 @@ impl Decoder {
             let (keys, values) = s.cache.layer(layer);
             let slot = CacheSlot { keys, values, pos: s.cache.len() };
             let [q, k, v] = qkv.map(|y| y.narrow(1, row, t));
-            match prefill_attention(&q?, &k?, &v?, &slot, self.rope.tables(), self.head_dims())? {
+            match prefill_attention(&q?, &k?, &v?, bias, &slot, self.rope.tables(), self.head_dims())? {
                 Some(out) => outs.push(out),
                 None if outs.is_empty() => return Ok(None),
                 // The kernel's conditions are the model's and the device's, the same for every
@@ -564,6 +578,14 @@ impl Decoder {
             row += t;
         }
         Ok(Some(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 1)? }))
+    }
+
+    /// q, k and v with their pieces of a stacked bias added (as they come where nothing
+    /// deferred it).
+    fn add_bias(&self, bias: Option<&Tensor>, (q, k, v): (Tensor, Tensor, Tensor)) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let Some(b) = bias else { return Ok((q, k, v)) };
+        let (qw, kw) = (q.dim(2)?, k.dim(2)?);
+        Ok((q.broadcast_add(&b.narrow(0, 0, qw)?)?, k.broadcast_add(&b.narrow(0, qw, kw)?)?, v.broadcast_add(&b.narrow(0, qw + kw, kw)?)?))
     }
 
     /// (heads, kv heads, head size)

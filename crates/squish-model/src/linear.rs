@@ -240,6 +240,20 @@ impl Linear {
         Ok(Some(Linear { weight, bias, rotation: first.rotation.clone() }))
     }
 
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// x Wᵀ without the bias, on a GPU (None elsewhere): for callers that add the bias in a
+    /// kernel of their own.
+    pub(crate) fn product_on_gpu(&self, x: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        Ok(match &self.weight {
+            Weight::Gpu { device, .. } => Some(device.matmul(x)?),
+            Weight::Dense(w) if !x.device().is_cpu() => Some(candle_nn::Linear::new(w.clone(), None).forward(x)?),
+            _ => None,
+        })
+    }
+
     /// x: (batch, seq, in) -> (batch, seq, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let y = match &self.weight {

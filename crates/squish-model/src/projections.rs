@@ -44,6 +44,22 @@ impl<const N: usize> Projections<N> {
         Ok(outs.try_into().unwrap_or_else(|_| unreachable!("one output per layer")))
     }
 
+    /// `forward` on a GPU whose stacked layers have a bias (Qwen2's q/k/v): the products
+    /// without it, and the stacked bias, which the caller adds (the attention kernels fold it
+    /// into their reads: one launch fewer per layer). Elsewhere `forward` and None.
+    pub(crate) fn forward_deferring_bias(&self, x: &Tensor) -> Result<([Tensor; N], Option<Tensor>), ModelError> {
+        let Self::Stacked { joint, widths } = self else { return Ok((self.forward(x)?, None)) };
+        let (Some(bias), Some(y)) = (joint.bias(), joint.product_on_gpu(x)?) else { return Ok((self.forward(x)?, None)) };
+        let last = y.rank() - 1;
+        let mut at = 0;
+        let mut outs = Vec::with_capacity(N);
+        for &w in widths {
+            outs.push(y.narrow(last, at, w)?);
+            at += w;
+        }
+        Ok((outs.try_into().unwrap_or_else(|_| unreachable!("one output per layer")), Some(bias.clone())))
+    }
+
     /// Layer `i`, for calibration's weight replacement, which runs on the CPU: None once
     /// stacked.
     pub(crate) fn part_mut(&mut self, i: usize) -> Option<&mut Linear> {

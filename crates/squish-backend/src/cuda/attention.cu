@@ -37,11 +37,13 @@ __device__ __forceinline__ size_t part_at(int s, int h, int z, int g, int kv_hea
 }
 
 // q: rows of heads*d values qst apart, knew/vnew: rows of kv_heads*d values kst and vst apart
-// (three views of one stacked q/k/v product, or three tensors); out: (rows, heads*d).
+// (three views of one stacked q/k/v product, or three tensors); bias: the stacked product's
+// q|k|v bias, added here (null: none); out: (rows, heads*d).
 // row = s0 + blockIdx.x.
 // cos/sin: (max_pos, d/2). scale = 1/sqrt(d). Block z (blockIdx.z) of `splits` attends over
 // positions [z*span, (z+1)*span) that are <= pos; with splits > 1 it writes `part`, not `out`.
 extern "C" __global__ void decode_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* knew, const __nv_bfloat16* vnew,
+                                                 const __nv_bfloat16* bias,
                                                  const __nv_bfloat16* cos_t, const __nv_bfloat16* sin_t, __nv_bfloat16* out,
                                                  float* part, Caches c, int s0, int qst, int kst, int vst, int heads,
                                                  int kv_heads, int d, int cap, float scale, int splits, int span) {
@@ -62,18 +64,21 @@ extern "C" __global__ void decode_attention_bf16(const __nv_bfloat16* q, const _
     const __nv_bfloat16* sr = sin_t + (size_t)pos * half;
     const __nv_bfloat16* kr = knew + (size_t)row * kst + (size_t)h * d;
     const __nv_bfloat16* vr = vnew + (size_t)row * vst + (size_t)h * d;
+    const __nv_bfloat16* kb = bias ? bias + (size_t)(heads + h) * d : nullptr;
+    const __nv_bfloat16* vb = bias ? bias + (size_t)(heads + kv_heads + h) * d : nullptr;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float co = __bfloat162float(cr[i]), si = __bfloat162float(sr[i]);
         if (owns_pos) {
-            float a = __bfloat162float(kr[i]), b = __bfloat162float(kr[i + half]);
+            float a = biased(kr, kb, i), b = biased(kr, kb, i + half);
             kc[(size_t)pos * d + i] = __float2bfloat16(a * co - b * si);
             kc[(size_t)pos * d + i + half] = __float2bfloat16(a * si + b * co);
-            vc[(size_t)pos * d + i] = vr[i];
-            vc[(size_t)pos * d + i + half] = vr[i + half];
+            vc[(size_t)pos * d + i] = __float2bfloat16(biased(vr, vb, i));
+            vc[(size_t)pos * d + i + half] = __float2bfloat16(biased(vr, vb, i + half));
         }
         for (int g = 0; g < group; g++) {
             const __nv_bfloat16* qr = q + (size_t)row * qst + (size_t)(h * group + g) * d;
-            float x = __bfloat162float(qr[i]), y = __bfloat162float(qr[i + half]);
+            const __nv_bfloat16* qb = bias ? bias + (size_t)(h * group + g) * d : nullptr;
+            float x = biased(qr, qb, i), y = biased(qr, qb, i + half);
             // Rounded to bf16 as the generic path's rotated queries are.
             qs[g][i] = __bfloat162float(__float2bfloat16(x * co - y * si)) * scale;
             qs[g][i + half] = __bfloat162float(__float2bfloat16(x * si + y * co)) * scale;

@@ -12,15 +12,18 @@ pub struct CacheSlot<'a> {
     pub pos: usize,
 }
 
-/// q (1, S, heads*d), k and v (1, S, kv_heads*d): one new token per sequence, before RoPE;
-/// cos/sin (max_pos, d/2) the RoPE tables. Rotates and stores each sequence's key and value
-/// at its position, then attends. -> (1, S, heads*d). None (nothing written) where the kernel
-/// does not apply: not a CUDA build or device, not bf16, a head size over 128 or not a
-/// multiple of 32, more than 8 query heads per kv head.
+/// q (1, S, heads*d), k and v (1, S, kv_heads*d): one new token per sequence, before RoPE and
+/// before `bias` ((heads + 2 kv_heads) * d: q's, k's and v's, as a stacked q/k/v product has
+/// it), which the kernel adds; cos/sin (max_pos, d/2) the RoPE tables. Rotates and stores each
+/// sequence's key and value at its position, then attends. -> (1, S, heads*d). None (nothing
+/// written) where the kernel does not apply: not a CUDA build or device, not bf16, a head size
+/// over 128 or not a multiple of 32, more than 8 query heads per kv head, a bias of another
+/// length.
 pub fn decode_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    bias: Option<&Tensor>,
     slots: &[CacheSlot<'_>],
     (cos, sin): (&Tensor, &Tensor),
     (heads, kv_heads, d): (usize, usize, usize),
@@ -32,11 +35,12 @@ pub fn decode_attention(
         && kv_heads > 0
         && heads % kv_heads == 0
         && heads / kv_heads <= 8
+        && super::bias_fits(bias, (heads + 2 * kv_heads) * d)
         && slots.iter().all(|s| s.keys.dtype() == candle_core::DType::BF16 && s.keys.is_contiguous() && s.values.is_contiguous());
     if !fits || slots.is_empty() {
         return Ok(None);
     }
-    imp::launch(q, k, v, slots, (cos, sin), (heads, kv_heads, d))
+    imp::launch(q, k, v, bias, slots, (cos, sin), (heads, kv_heads, d))
 }
 
 /// Blocks a launch aims for: two per SM of an H100/H200 (132 SMs). Batches with fewer
@@ -61,7 +65,15 @@ mod imp {
     use super::CacheSlot;
     use candle_core::Tensor;
 
-    pub(super) fn launch(_: &Tensor, _: &Tensor, _: &Tensor, _: &[CacheSlot<'_>], _: (&Tensor, &Tensor), _: (usize, usize, usize)) -> crate::Result<Option<Tensor>> {
+    pub(super) fn launch(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: &[CacheSlot<'_>],
+        _: (&Tensor, &Tensor),
+        _: (usize, usize, usize),
+    ) -> crate::Result<Option<Tensor>> {
         Ok(None)
     }
 }
@@ -95,6 +107,7 @@ mod imp {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        bias: Option<&Tensor>,
         slots: &[CacheSlot<'_>],
         (cos, sin): (&Tensor, &Tensor),
         (heads, kv_heads, d): (usize, usize, usize),
@@ -127,6 +140,8 @@ mod imp {
             };
             let stream = dev.cuda_stream();
             let (qs, ks, vs, cs, ss, os) = (view(0)?, view(1)?, view(2)?, view(3)?, view(4)?, view(5)?);
+            let bias_guard = bias.map(|b| b.storage_and_layout());
+            let (bias_ptr, _bias_sync) = super::super::device_address(bias_guard.as_ref().map(|(st, l)| (&**st, *l)), &stream)?;
             let f = dev.get_or_load_custom_func("decode_attention_bf16", "squish_attention", PTX)?;
             let merge = dev.get_or_load_custom_func("decode_attention_merge", "squish_attention", PTX)?;
             let scale = 1.0f32 / (d as f32).sqrt();
@@ -157,7 +172,7 @@ mod imp {
                     shared_mem_bytes: 0,
                 };
                 let mut b = f.builder();
-                b.arg(&qs).arg(&ks).arg(&vs).arg(&cs).arg(&ss).arg(&os).arg(&part);
+                b.arg(&qs).arg(&ks).arg(&vs).arg(&bias_ptr).arg(&cs).arg(&ss).arg(&os).arg(&part);
                 b.arg(&table).arg(&s0).arg(&q_stride).arg(&k_stride).arg(&v_stride);
                 b.arg(&heads_i).arg(&kv_i).arg(&d_i).arg(&cap_i).arg(&scale).arg(&splits_i).arg(&span_i);
                 // SAFETY: the pointers in `table` address caches of `cap` positions of kv_heads x d

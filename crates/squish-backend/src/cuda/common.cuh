@@ -19,3 +19,10 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* out) {
         out[2 * i + 1] = f.y;
     }
 }
+
+// row[i] plus bias[i] as candle's bf16 add stores it (the sum rounded to bf16), as a float;
+// row[i] where there is no bias (null): q/k/v biases (Qwen2) folded into the attention kernels.
+__device__ __forceinline__ float biased(const __nv_bfloat16* row, const __nv_bfloat16* bias, int i) {
+    const float v = __bfloat162float(row[i]);
+    return bias ? __bfloat162float(__float2bfloat16(v + __bfloat162float(bias[i]))) : v;
+}

@@ -47,3 +47,23 @@ fn rows_of(t: &candle_core::Tensor, rows: usize, width: usize) -> candle_core::R
     let t = t.contiguous()?;
     Ok((t.elem_count() == rows * width).then_some((t, width as i32)))
 }
+
+/// Whether an optional bias is a contiguous bf16 vector of `len` values (the attention
+/// kernels add q/k/v biases themselves).
+fn bias_fits(bias: Option<&candle_core::Tensor>, len: usize) -> bool {
+    bias.is_none_or(|b| b.dtype() == candle_core::DType::BF16 && b.is_contiguous() && b.dims() == [len])
+}
+
+/// The device address of a tensor's first element (0 for none), for a kernel parameter that
+/// may be null, and the guard that orders its use on `stream`. `held`: the tensor's storage
+/// (kept locked by the caller) and layout.
+#[cfg(feature = "cuda")]
+fn device_address<'a>(
+    held: Option<(&'a candle_core::Storage, &'a candle_core::Layout)>,
+    stream: &'a std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+) -> candle_core::Result<(u64, Option<candle_core::cuda_backend::cudarc::driver::SyncOnDrop<'a>>)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let Some((st, layout)) = held else { return Ok((0, None)) };
+    let (ptr, sync) = cuda_slice(st)?.as_cuda_slice::<half::bf16>()?.device_ptr(stream);
+    Ok((ptr + 2 * layout.start_offset() as u64, Some(sync)))
+}

@@ -17,6 +17,8 @@
 #include <mma.h>
 #include <stdint.h>
 
+#include "common.cuh"
+
 using namespace nvcuda;
 
 #define BQ 64                  // queries per block
@@ -27,29 +29,34 @@ using namespace nvcuda;
 #define S_LD (BK + 4)           // f32 score row
 #define P_LD (BK + 8)           // bf16 probability row
 
-// Block (i, h): new token i's kv head h. knew/vnew: rows of kv_heads*d values kst and vst apart.
-extern "C" __global__ void prefill_store_kv(const __nv_bfloat16* knew, const __nv_bfloat16* vnew, const __nv_bfloat16* cos_t,
-                                            const __nv_bfloat16* sin_t, __nv_bfloat16* kc, __nv_bfloat16* vc, int kst, int vst,
-                                            int d, int cap, int start) {
+// Block (i, h): new token i's kv head h. knew/vnew: rows of kv_heads*d values kst and vst apart;
+// kbias/vbias: their biases (kv_heads*d each), added here, or null.
+extern "C" __global__ void prefill_store_kv(const __nv_bfloat16* knew, const __nv_bfloat16* vnew, const __nv_bfloat16* kbias,
+                                            const __nv_bfloat16* vbias, const __nv_bfloat16* cos_t, const __nv_bfloat16* sin_t,
+                                            __nv_bfloat16* kc, __nv_bfloat16* vc, int kst, int vst, int d, int cap, int start) {
     const int i = blockIdx.x, h = blockIdx.y, pos = start + i, half = d / 2;
     const __nv_bfloat16* kr = knew + (size_t)i * kst + (size_t)h * d;
     const __nv_bfloat16* vr = vnew + (size_t)i * vst + (size_t)h * d;
+    const __nv_bfloat16* kb = kbias ? kbias + (size_t)h * d : nullptr;
+    const __nv_bfloat16* vb = vbias ? vbias + (size_t)h * d : nullptr;
     __nv_bfloat16* kd = kc + ((size_t)h * cap + pos) * d;
     __nv_bfloat16* vd = vc + ((size_t)h * cap + pos) * d;
     for (int e = threadIdx.x; e < half; e += blockDim.x) {
         float co = __bfloat162float(cos_t[(size_t)pos * half + e]), si = __bfloat162float(sin_t[(size_t)pos * half + e]);
-        float a = __bfloat162float(kr[e]), b = __bfloat162float(kr[e + half]);
+        float a = biased(kr, kb, e), b = biased(kr, kb, e + half);
         kd[e] = __float2bfloat16(a * co - b * si);
         kd[e + half] = __float2bfloat16(a * si + b * co);
-        vd[e] = vr[e];
-        vd[e + half] = vr[e + half];
+        vd[e] = __float2bfloat16(biased(vr, vb, e));
+        vd[e + half] = __float2bfloat16(biased(vr, vb, e + half));
     }
 }
 
-// q: t rows of heads*d values qst apart (before RoPE), for positions start..start+t; the cache
+// q: t rows of heads*d values qst apart (before RoPE), for positions start..start+t, and their
+// bias (heads*d, added here) or null; the cache
 // holds keys and values for positions 0..start+t. out: (t, heads*d). scale = 1/sqrt(d).
 // d a multiple of 16, at most PF_MAX_D.
-extern "C" __global__ void prefill_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* cos_t, const __nv_bfloat16* sin_t,
+extern "C" __global__ void prefill_attention_bf16(const __nv_bfloat16* q, const __nv_bfloat16* qbias, const __nv_bfloat16* cos_t,
+                                                  const __nv_bfloat16* sin_t,
                                                   const __nv_bfloat16* kc, const __nv_bfloat16* vc, __nv_bfloat16* out, int qst,
                                                   int heads, int kv_heads, int d, int cap, int start, int t, float scale) {
     const int hq = blockIdx.y, h = hq / (heads / kv_heads), i0 = blockIdx.x * BQ, rows = min(BQ, t - i0);
@@ -69,8 +76,9 @@ extern "C" __global__ void prefill_attention_bf16(const __nv_bfloat16* q, const 
         if (r < rows) {
             const int pos = start + i0 + r;
             const __nv_bfloat16* qr = q + (size_t)(i0 + r) * qst + (size_t)hq * d;
-            x = __bfloat162float(qr[e]);
-            y = __bfloat162float(qr[e + half]);
+            const __nv_bfloat16* qb = qbias ? qbias + (size_t)hq * d : nullptr;
+            x = biased(qr, qb, e);
+            y = biased(qr, qb, e + half);
             co = __bfloat162float(cos_t[(size_t)pos * half + e]);
             si = __bfloat162float(sin_t[(size_t)pos * half + e]);
         }

@@ -8,14 +8,14 @@
 //! Tolerance: the output is bf16, so each element may differ from the reference by 1% of its
 //! head's largest |value|; the stored key by one bf16 rounding.
 
-use super::{attend, bf16, compare_head, download, gpu, upload, values};
+use super::{attend, bf16, compare_head, download, gpu, plus, upload, values};
 use candle_core::{Device, Tensor};
 use squish_backend::{decode_attention, CacheSlot, Rope};
 
 /// One decode step of `positions.len()` sequences, the i-th with `positions[i]` tokens cached;
 /// `stacked`: q, k and v are views of one product.
-fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &[usize], stacked: bool) {
-    let label = format!("{heads}/{kv_heads} heads, d {d}, positions {positions:?}, stacked {stacked}");
+fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &[usize], stacked: bool, bias: bool) {
+    let label = format!("{heads}/{kv_heads} heads, d {d}, positions {positions:?}, stacked {stacked}, bias {bias}");
     let (rows, group, half) = (positions.len(), heads / kv_heads, d / 2);
     let cap = positions.iter().max().unwrap() + 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
@@ -42,10 +42,13 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &
         }
         false => (upload(&q, &[1, rows, heads * d], dev), upload(&k_new, &[1, rows, kv_heads * d], dev), upload(&v_new, &[1, rows, kv_heads * d], dev)),
     };
+    let bias = bias.then(|| values((heads + 2 * kv_heads) * d, 4, 2.0));
+    let bias_t = bias.as_ref().map(|b| upload(b, &[b.len()], dev));
     let out = decode_attention(
         &qt,
         &kt,
         &vt,
+        bias_t.as_ref(),
         &slots,
         rope.tables(),
         (heads, kv_heads, d),
@@ -54,6 +57,11 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), positions: &
     .unwrap_or_else(|| panic!("{label}: the kernel did not apply"));
     assert_eq!(out.dims(), &[1, rows, heads * d], "{label}");
     let out = download(&out);
+    // What the kernel attends with: the rows plus their biases, rounded to bf16.
+    let (q, k_new, v_new) = match &bias {
+        Some(b) => (plus(&q, &b[..heads * d]), plus(&k_new, &b[heads * d..(heads + kv_heads) * d]), plus(&v_new, &b[(heads + kv_heads) * d..])),
+        None => (q, k_new, v_new),
+    };
 
     for (i, &pos) in positions.iter().enumerate() {
         let (kc, vc) = (download(&caches[i].0), download(&caches[i].1));
@@ -93,11 +101,12 @@ fn decode_attention_matches_the_reference_at_every_length() {
     let Some(dev) = gpu() else { return };
     let qwen7b = (28, 4, 128);
     for pos in [0, 1, 37, 64, 300, 1000] {
-        check(&dev, qwen7b, &[pos], false);
+        check(&dev, qwen7b, &[pos], false, false);
     }
-    check(&dev, qwen7b, &[300], true);
-    check(&dev, qwen7b, &[0, 5, 300, 999], false);
-    check(&dev, (9, 3, 64), &[3, 140, 77], true); // SmolLM2
+    check(&dev, qwen7b, &[300], true, false);
+    check(&dev, qwen7b, &[0, 77, 300], true, true); // Qwen2's q/k/v bias, added by the kernel
+    check(&dev, qwen7b, &[0, 5, 300, 999], false, false);
+    check(&dev, (9, 3, 64), &[3, 140, 77], true, false); // SmolLM2
     let many: Vec<usize> = (0..40).map(|i| (i * 37) % 300).collect();
-    check(&dev, (32, 8, 64), &many, false); // Llama-3.2-1B, two launches of up to 32
+    check(&dev, (32, 8, 64), &many, false, false); // Llama-3.2-1B, two launches of up to 32
 }

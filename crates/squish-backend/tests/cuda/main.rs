@@ -76,3 +76,9 @@ fn compare_head(label: &str, got: &[f32], want: &[f64]) {
     let diff = got.iter().zip(want).map(|(&a, b)| (a as f64 - b).abs()).fold(0f64, f64::max);
     assert!(diff <= 0.01 * scale, "{label}: max |diff| {diff} vs largest |value| {scale}");
 }
+
+/// Rows of `bias.len()` values each plus the bias, rounded to bf16 (as candle's bf16 add stores
+/// them): what the attention kernels compute from un-biased rows and a bias.
+fn plus(rows: &[f32], bias: &[f32]) -> Vec<f32> {
+    bf16_round(&rows.chunks(bias.len()).flat_map(|r| r.iter().zip(bias).map(|(a, b)| a + b)).collect::<Vec<_>>())
+}

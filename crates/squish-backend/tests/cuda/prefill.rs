@@ -7,13 +7,13 @@
 //! tensor cores (as the generic path does), so each element may differ from the reference by
 //! 1% of its row's largest |value|; the stored keys by one bf16 rounding.
 
-use super::{attend, bf16, compare_head, download, gpu, upload, values};
+use super::{attend, bf16, compare_head, download, gpu, plus, upload, values};
 use candle_core::Device;
 use squish_backend::{prefill_attention, CacheSlot, Rope};
 
 /// `t` new tokens after `start` cached ones.
-fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), start: usize, t: usize, stacked: bool) {
-    let label = format!("{heads}/{kv_heads} heads, d {d}, {t} tokens after {start}, stacked {stacked}");
+fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), start: usize, t: usize, stacked: bool, bias: bool) {
+    let label = format!("{heads}/{kv_heads} heads, d {d}, {t} tokens after {start}, stacked {stacked}, bias {bias}");
     let (group, half, cap) = (heads / kv_heads, d / 2, start + t + 3);
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
     let rope = Rope::new(&inv_freq, cap, dev).unwrap();
@@ -33,11 +33,18 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), start: usize
         false => (upload(&q, &[1, t, qw], dev), upload(&k_new, &[1, t, kw], dev), upload(&v_new, &[1, t, kw], dev)),
     };
     let slot = CacheSlot { keys: &kc, values: &vc, pos: start };
-    let out = prefill_attention(&qt, &kt, &vt, &slot, rope.tables(), (heads, kv_heads, d))
+    let bias = bias.then(|| values((heads + 2 * kv_heads) * d, 4, 2.0));
+    let bias_t = bias.as_ref().map(|b| upload(b, &[b.len()], dev));
+    let out = prefill_attention(&qt, &kt, &vt, bias_t.as_ref(), &slot, rope.tables(), (heads, kv_heads, d))
         .unwrap()
         .unwrap_or_else(|| panic!("{label}: the kernel did not apply"));
     assert_eq!(out.dims(), &[1, t, qw], "{label}");
     let (out, kc, vc): (Vec<f32>, Vec<f32>, Vec<f32>) = (download(&out), download(&kc), download(&vc));
+    // What the kernels attend with and store: the rows plus their biases, rounded to bf16.
+    let (q, k_new, v_new) = match &bias {
+        Some(b) => (plus(&q, &b[..qw]), plus(&k_new, &b[qw..qw + kw]), plus(&v_new, &b[qw + kw..])),
+        None => (q, k_new, v_new),
+    };
 
     let rotate = |x: &[f32], pos: usize, j: usize| -> f64 {
         let (co, si) = (cos[pos * half + j % half] as f64, sin[pos * half + j % half] as f64);
@@ -74,9 +81,10 @@ fn check(dev: &Device, (heads, kv_heads, d): (usize, usize, usize), start: usize
 fn prefill_attention_matches_the_reference() {
     let Some(dev) = gpu() else { return };
     let qwen7b = (28, 4, 128);
-    check(&dev, qwen7b, 0, 300, false);
-    check(&dev, qwen7b, 200, 77, true); // a chunk after a cached prefix
-    check(&dev, (9, 3, 64), 0, 1, false); // SmolLM2, one token
-    check(&dev, (9, 3, 64), 30, 65, true); // two query blocks
-    check(&dev, (32, 8, 64), 0, 129, false); // Llama-3.2-1B
+    check(&dev, qwen7b, 0, 300, false, false);
+    check(&dev, qwen7b, 200, 77, true, false); // a chunk after a cached prefix
+    check(&dev, qwen7b, 20, 70, true, true); // Qwen2's q/k/v bias, added by the kernels
+    check(&dev, (9, 3, 64), 0, 1, false, false); // SmolLM2, one token
+    check(&dev, (9, 3, 64), 30, 65, true, false); // two query blocks
+    check(&dev, (32, 8, 64), 0, 129, false, false); // Llama-3.2-1B
 }
