@@ -27,21 +27,13 @@ impl<const N: usize> Projections<N> {
 
     /// x (1, t, in) -> each layer's (1, t, out); the same values either way.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<[Tensor; N], ModelError> {
-        let outs = match self {
-            Self::Apart(parts) => Linear::forward_many(&parts.each_ref(), x)?,
-            Self::Stacked { joint, widths } => {
-                let y = joint.forward(x)?;
-                let last = y.rank() - 1;
-                let mut at = 0;
-                let mut outs = Vec::with_capacity(N);
-                for &w in widths {
-                    outs.push(y.narrow(last, at, w)?);
-                    at += w;
-                }
-                outs
+        match self {
+            Self::Apart(parts) => {
+                let outs = Linear::forward_many(&parts.each_ref(), x)?;
+                Ok(outs.try_into().unwrap_or_else(|_| unreachable!("one output per layer")))
             }
-        };
-        Ok(outs.try_into().unwrap_or_else(|_| unreachable!("one output per layer")))
+            Self::Stacked { joint, widths } => pieces(&joint.forward(x)?, widths),
+        }
     }
 
     /// `forward` on a GPU whose stacked layers have a bias (Qwen2's q/k/v): the products
@@ -50,14 +42,7 @@ impl<const N: usize> Projections<N> {
     pub(crate) fn forward_deferring_bias(&self, x: &Tensor) -> Result<([Tensor; N], Option<Tensor>), ModelError> {
         let Self::Stacked { joint, widths } = self else { return Ok((self.forward(x)?, None)) };
         let (Some(bias), Some(y)) = (joint.bias(), joint.product_on_gpu(x)?) else { return Ok((self.forward(x)?, None)) };
-        let last = y.rank() - 1;
-        let mut at = 0;
-        let mut outs = Vec::with_capacity(N);
-        for &w in widths {
-            outs.push(y.narrow(last, at, w)?);
-            at += w;
-        }
-        Ok((outs.try_into().unwrap_or_else(|_| unreachable!("one output per layer")), Some(bias.clone())))
+        Ok((pieces(&y, widths)?, Some(bias.clone())))
     }
 
     /// Layer `i`, for calibration's weight replacement, which runs on the CPU: None once
@@ -68,6 +53,18 @@ impl<const N: usize> Projections<N> {
             Self::Stacked { .. } => None,
         }
     }
+}
+
+/// A stacked product's N outputs: views of consecutive `widths` of its last dimension.
+fn pieces<const N: usize>(y: &Tensor, widths: &[usize; N]) -> Result<[Tensor; N], ModelError> {
+    let last = y.rank() - 1;
+    let mut at = 0;
+    let mut outs = Vec::with_capacity(N);
+    for &w in widths {
+        outs.push(y.narrow(last, at, w)?);
+        at += w;
+    }
+    Ok(outs.try_into().unwrap_or_else(|_| unreachable!("one output per layer")))
 }
 
 #[cfg(test)]
