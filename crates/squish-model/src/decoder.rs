@@ -432,7 +432,7 @@ impl Decoder {
     ) -> Result<Tensor, ModelError> {
         if bias.is_some() && (a.q_norm.is_some() || a.k_norm.is_some()) {
             // The bias goes before the per-head norms, which the kernels do not apply.
-            (q_all, k_all, v_all) = self.add_bias(bias.take(), (q_all, k_all, v_all))?;
+            (q_all, k_all, v_all) = add_bias(bias.take(), (q_all, k_all, v_all))?;
         }
         if let Some(out) = self.decode_attention_cpu(a, [&q_all, &k_all, &v_all], steps, layer)? {
             return Ok(out);
@@ -447,7 +447,7 @@ impl Decoder {
                 return Ok(out);
             }
         }
-        let (q_all, k_all, v_all) = self.add_bias(bias, (q_all, k_all, v_all))?;
+        let (q_all, k_all, v_all) = add_bias(bias, (q_all, k_all, v_all))?;
         let hd = self.cfg.head_dim;
         // (1, t, heads * hd) -> (1, heads, t, hd), rotated for positions start..
         let split = |y: Tensor, heads: usize, norm: &Option<Tensor>, start: usize| -> Result<Tensor, ModelError> {
@@ -577,21 +577,25 @@ impl Decoder {
             }
             row += t;
         }
-        Ok(Some(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 1)? }))
-    }
-
-    /// q, k and v with their pieces of a stacked bias added (as they come where nothing
-    /// deferred it).
-    fn add_bias(&self, bias: Option<&Tensor>, (q, k, v): (Tensor, Tensor, Tensor)) -> Result<(Tensor, Tensor, Tensor), ModelError> {
-        let Some(b) = bias else { return Ok((q, k, v)) };
-        let (qw, kw) = (q.dim(2)?, k.dim(2)?);
-        Ok((q.broadcast_add(&b.narrow(0, 0, qw)?)?, k.broadcast_add(&b.narrow(0, qw, kw)?)?, v.broadcast_add(&b.narrow(0, qw + kw, kw)?)?))
+        Ok(match outs.len() {
+            0 => None, // no step has tokens: the generic path's empty result
+            1 => Some(outs.remove(0)),
+            _ => Some(Tensor::cat(&outs, 1)?),
+        })
     }
 
     /// (heads, kv heads, head size)
     fn head_dims(&self) -> (usize, usize, usize) {
         (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim)
     }
+}
+
+/// q, k and v with their pieces of a stacked bias added (as they come where nothing deferred
+/// it).
+fn add_bias(bias: Option<&Tensor>, (q, k, v): (Tensor, Tensor, Tensor)) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+    let Some(b) = bias else { return Ok((q, k, v)) };
+    let (qw, kw) = (q.dim(2)?, k.dim(2)?);
+    Ok((q.broadcast_add(&b.narrow(0, 0, qw)?)?, k.broadcast_add(&b.narrow(0, qw, kw)?)?, v.broadcast_add(&b.narrow(0, qw + kw, kw)?)?))
 }
 
 /// Rows `rows` of `hidden` (1, t, hidden) as (1, rows, hidden).

@@ -240,7 +240,7 @@ impl Linear {
         Ok(Some(Linear { weight, bias, rotation: first.rotation.clone() }))
     }
 
-    pub fn bias(&self) -> Option<&Tensor> {
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
 

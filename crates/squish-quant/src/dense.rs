@@ -7,7 +7,7 @@
 //! over the K/16 full chunks in order, added pairwise, then the tail in order.
 
 use crate::isa::{detect, Isa};
-use crate::matmul::{check_io, run, run_many, Part};
+use crate::matmul::{check_io, run_many, Part};
 
 /// The most tokens a call serves (decode steps and small batches); more run as several passes
 /// over W, where a GEMM that reuses each weight across tokens does better.
@@ -18,10 +18,7 @@ const LANES: usize = 16;
 
 /// out (t x n) = x (t x k) · Wᵀ, W (n x k) row-major. Panics unless the lengths fit.
 pub fn matmul(w: &[f32], n: usize, k: usize, x: &[f32], t: usize, out: &mut [f32]) {
-    check_io("dense matmul", n, k, x, t, out);
-    assert_eq!(w.len(), n * k, "dense matmul: W has {} values, N*K = {n}*{k}", w.len());
-    let isa = detect();
-    run(n, k, 4 * k, t, out, |r0, t0, outs| task(isa, w, k, &x[t0 * k..], r0, outs));
+    matmul_many(&mut [(w, n, out)], k, x, t);
 }
 
 /// `matmul` for several matrices reading the same x (a layer's q, k and v; its gate and up):

@@ -81,11 +81,10 @@ mod imp {
 #[cfg(feature = "cuda")]
 mod imp {
     use super::CacheSlot;
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{Storage, Tensor};
-    use half::bf16;
-    use super::super::{cuda_slice, rows_of};
+    use super::super::{bf16_view, device_address, rows_of};
     use super::split;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -129,11 +128,7 @@ mod imp {
         {
             let guards: Vec<_> = [&q, &k, &v, cos, sin, &out].iter().map(|t| t.storage_and_layout()).collect();
             let caches: Vec<_> = slots.iter().map(|s| (s.keys.storage_and_layout(), s.values.storage_and_layout())).collect();
-            let view = |i: usize| -> candle_core::Result<_> {
-                let (st, layout) = &guards[i];
-                let all = cuda_slice(st)?.as_cuda_slice::<bf16>()?;
-                Ok(all.slice(layout.start_offset()..))
-            };
+            let view = |i: usize| bf16_view(&guards[i].0, guards[i].1);
             let dev = match &*guards[0].0 {
                 Storage::Cuda(c) => c.device.clone(),
                 _ => return Ok(None),
@@ -141,7 +136,8 @@ mod imp {
             let stream = dev.cuda_stream();
             let (qs, ks, vs, cs, ss, os) = (view(0)?, view(1)?, view(2)?, view(3)?, view(4)?, view(5)?);
             let bias_guard = bias.map(|b| b.storage_and_layout());
-            let (bias_ptr, _bias_sync) = super::super::device_address(bias_guard.as_ref().map(|(st, l)| (&**st, *l)), &stream)?;
+            let bias_at = bias_guard.as_ref().map(|(st, l)| device_address(st, l, &stream)).transpose()?;
+            let bias_ptr = bias_at.as_ref().map_or(0, |(p, _)| *p); // 0: none
             let f = dev.get_or_load_custom_func("decode_attention_bf16", "squish_attention", PTX)?;
             let merge = dev.get_or_load_custom_func("decode_attention_merge", "squish_attention", PTX)?;
             let scale = 1.0f32 / (d as f32).sqrt();
@@ -150,10 +146,10 @@ mod imp {
                 let mut table = Caches { k: [0; MAX_SEQS], v: [0; MAX_SEQS], pos: [0; MAX_SEQS] };
                 let mut syncs = Vec::with_capacity(2 * chunk.len());
                 for (i, ((kst, kl), (vst, vl))) in chunk.iter().enumerate() {
-                    let (kp, ksync) = cuda_slice(kst)?.as_cuda_slice::<bf16>()?.device_ptr(&stream);
-                    let (vp, vsync) = cuda_slice(vst)?.as_cuda_slice::<bf16>()?.device_ptr(&stream);
-                    table.k[i] = kp + 2 * kl.start_offset() as u64;
-                    table.v[i] = vp + 2 * vl.start_offset() as u64;
+                    let (kp, ksync) = device_address(kst, kl, &stream)?;
+                    let (vp, vsync) = device_address(vst, vl, &stream)?;
+                    table.k[i] = kp;
+                    table.v[i] = vp;
                     table.pos[i] = slots[chunk_no * MAX_SEQS + i].pos as i32;
                     syncs.push(ksync);
                     syncs.push(vsync);

@@ -54,16 +54,25 @@ fn bias_fits(bias: Option<&candle_core::Tensor>, len: usize) -> bool {
     bias.is_none_or(|b| b.dtype() == candle_core::DType::BF16 && b.is_contiguous() && b.dims() == [len])
 }
 
-/// The device address of a tensor's first element (0 for none), for a kernel parameter that
-/// may be null, and the guard that orders its use on `stream`. `held`: the tensor's storage
-/// (kept locked by the caller) and layout.
+/// A bf16 tensor's values from its first element on, from its (locked) storage and layout.
+#[cfg(feature = "cuda")]
+fn bf16_view<'a>(
+    st: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, half::bf16>> {
+    Ok(cuda_slice(st)?.as_cuda_slice::<half::bf16>()?.slice(layout.start_offset()..))
+}
+
+/// The device address of a bf16 tensor's first element, from its (locked) storage and layout,
+/// for a kernel parameter passed as a number (a table of caches, a pointer that may be null),
+/// and the guard that orders its use on `stream`.
 #[cfg(feature = "cuda")]
 fn device_address<'a>(
-    held: Option<(&'a candle_core::Storage, &'a candle_core::Layout)>,
+    st: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
     stream: &'a std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-) -> candle_core::Result<(u64, Option<candle_core::cuda_backend::cudarc::driver::SyncOnDrop<'a>>)> {
+) -> candle_core::Result<(u64, candle_core::cuda_backend::cudarc::driver::SyncOnDrop<'a>)> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-    let Some((st, layout)) = held else { return Ok((0, None)) };
     let (ptr, sync) = cuda_slice(st)?.as_cuda_slice::<half::bf16>()?.device_ptr(stream);
-    Ok((ptr + 2 * layout.start_offset() as u64, Some(sync)))
+    Ok((ptr + 2 * layout.start_offset() as u64, sync))
 }

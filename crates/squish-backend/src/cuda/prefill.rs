@@ -60,12 +60,11 @@ mod imp {
 
 #[cfg(feature = "cuda")]
 mod imp {
-    use super::super::{cuda_slice, rows_of};
+    use super::super::{bf16_view, device_address, rows_of};
     use super::CacheSlot;
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{DType, Storage, Tensor};
-    use half::bf16;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/prefill.ptx"));
     const MODULE: &str = "squish_prefill";
@@ -94,10 +93,7 @@ mod imp {
         let out = unsafe { Tensor::empty((1, t, heads * d), DType::BF16, q.device()) }?;
         {
             let guards: Vec<_> = [&q, &k, &v, cos, sin, &out, slot.keys, slot.values].iter().map(|t| t.storage_and_layout()).collect();
-            let view = |i: usize| -> candle_core::Result<_> {
-                let (st, layout) = &guards[i];
-                Ok(cuda_slice(st)?.as_cuda_slice::<bf16>()?.slice(layout.start_offset()..))
-            };
+            let view = |i: usize| bf16_view(&guards[i].0, guards[i].1);
             let dev = match &*guards[0].0 {
                 Storage::Cuda(c) => c.device.clone(),
                 _ => return Ok(None),
@@ -107,8 +103,8 @@ mod imp {
             // q's, k's and v's bias addresses (0: none).
             let stream = dev.cuda_stream();
             let bias_guard = bias.map(|b| b.storage_and_layout());
-            let (bias_ptr, _bias_sync) = super::super::device_address(bias_guard.as_ref().map(|(st, l)| (&**st, *l)), &stream)?;
-            let at = |values: usize| if bias_ptr == 0 { 0 } else { bias_ptr + 2 * values as u64 };
+            let bias_at = bias_guard.as_ref().map(|(st, l)| device_address(st, l, &stream)).transpose()?;
+            let at = |values: usize| bias_at.as_ref().map_or(0, |(p, _)| p + 2 * values as u64);
             let (qb, kb, vb) = (at(0), at(heads * d), at((heads + kv_heads) * d));
 
             let store = dev.get_or_load_custom_func("prefill_store_kv", MODULE, PTX)?;

@@ -189,7 +189,7 @@ impl QuantMatrix {
         // The kernels load 16 bytes of x at a time from a contiguous start of their own.
         let x2 = if x2.is_contiguous() && x2.layout().start_offset() % 8 == 0 { x2 } else { x2.copy()? };
         let x2 = match &self.rotation {
-            Some(r) => x2.apply_op2_no_bwd(&r.signs, &Rotate { block: r.block })?,
+            Some(r) => x2.apply_op2_no_bwd(&r.signs, &Op::Rotate { block: r.block })?,
             None => x2,
         };
         let y = if t <= GEMV_MAX_ROWS {
@@ -232,6 +232,9 @@ enum Op {
     Mma(Spec),
     /// (codes, params) -> w
     Dequantize(Spec),
+    /// (x (t, k) bf16, signs (k) f32) -> R x (t, k) bf16: lowbit.cu's rotate_bf16, Hadamard
+    /// blocks of `block`
+    Rotate { block: usize },
 }
 
 impl candle_core::CustomOp3 for Op {
@@ -264,14 +267,14 @@ impl candle_core::CustomOp3 for Op {
         match self {
             Op::Gemv(spec) => launch::gemv(*spec, x, lx, codes, params),
             Op::Mma(spec) => launch::mma(*spec, x, lx, codes, params),
-            Op::Dequantize(_) => candle_core::bail!("not a product"),
+            Op::Dequantize(_) | Op::Rotate { .. } => candle_core::bail!("not a product"),
         }
     }
 }
 
 impl candle_core::CustomOp2 for Op {
     fn name(&self) -> &'static str {
-        "squish-quant-dequantize"
+        "squish-quant-dequantize-or-rotate"
     }
 
     fn cpu_fwd(
@@ -287,46 +290,16 @@ impl candle_core::CustomOp2 for Op {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        codes: &candle_core::CudaStorage,
-        _: &candle_core::Layout,
-        params: &candle_core::CudaStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        let Op::Dequantize(spec) = self else { candle_core::bail!("not a dequantization") };
-        launch::dequantize(*spec, codes, params)
-    }
-}
-
-/// (x (t, k) bf16, signs (k) f32) -> R x (t, k) bf16: lowbit.cu's rotate_bf16.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-struct Rotate {
-    block: usize,
-}
-
-impl candle_core::CustomOp2 for Rotate {
-    fn name(&self) -> &'static str {
-        "squish-rotate"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        super::no_cpu()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &candle_core::Layout,
-        signs: &candle_core::CudaStorage,
+        a: &candle_core::CudaStorage,
+        la: &candle_core::Layout,
+        b: &candle_core::CudaStorage,
         _: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        launch::rotate(self.block, x, lx, signs)
+        match self {
+            Op::Dequantize(spec) => launch::dequantize(*spec, a, b),
+            Op::Rotate { block } => launch::rotate(*block, a, la, b),
+            _ => candle_core::bail!("not a dequantization or rotation"),
+        }
     }
 }
 
